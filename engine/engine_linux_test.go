@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"crypto/rand"
 	"fmt"
 	"os"
@@ -101,4 +102,90 @@ func TestDumpRestoreCounter(t *testing.T) {
 		t.Logf("restored maps:\n%s", maps)
 	}
 	_ = image.Version
+}
+
+// TestDumpFailureLeavesTaskRunning makes a dump fail (the task holds a
+// socket, which the engine refuses) and checks that the task keeps running,
+// thawed and untraced, and that the error names the pid, fd and socket.
+func TestDumpFailureLeavesTaskRunning(t *testing.T) {
+	testutil.RequiresRoot(t)
+	bin := buildC(t, "counter")
+	dir := t.TempDir()
+	status, data := filepath.Join(dir, "status"), filepath.Join(dir, "data")
+	if err := os.WriteFile(data, make([]byte, 20000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fz := newCgroupFreezer(t)
+	cmd := startInNewPidns(t, fz, bin, status, data, "socket")
+	waitFor(t, "counter to start", func() bool { s, ok := readCounter(t, status); return ok && s.Counter >= 5 })
+	_, err := Dump(context.Background(), DumpOptions{Pid: cmd.Process.Pid, Freezer: fz, ImageDir: filepath.Join(dir, "img")})
+	if !errors.Is(err, ErrUnsupported) {
+		t.Fatalf("got %v, want ErrUnsupported", err)
+	}
+	for _, want := range []string{"pid 1: fd 5: socket:[", "(unix stream): sockets are not supported yet"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Fatalf("error %q does not say %q", err, want)
+		}
+	}
+	s0, _ := readCounter(t, status)
+	waitFor(t, "counter to keep counting after the failed dump", func() bool {
+		s, ok := readCounter(t, status)
+		return ok && s.Counter > s0.Counter+5
+	})
+	if tp := tracerPid(t, cmd.Process.Pid); tp != 0 {
+		t.Fatalf("TracerPid %d after a failed dump, want 0", tp)
+	}
+	ev, err := os.ReadFile(filepath.Join(fz.dir, "cgroup.events"))
+	if err != nil || !strings.Contains(string(ev), "frozen 0") {
+		t.Fatalf("cgroup.events %q after failed dump: %v", ev, err)
+	}
+}
+
+// TestDumpLeaveRunning dumps without killing, checks the task runs on,
+// then kills it and restores the image.
+func TestDumpLeaveRunning(t *testing.T) {
+	testutil.RequiresRoot(t)
+	bin := buildC(t, "counter")
+	dir := t.TempDir()
+	status, data := filepath.Join(dir, "status"), filepath.Join(dir, "data")
+	if err := os.WriteFile(data, make([]byte, 20000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := startInNewPidns(t, nil, bin, status, data)
+	waitFor(t, "counter to start", func() bool { s, ok := readCounter(t, status); return ok && s.Counter >= 5 })
+	imgDir := filepath.Join(dir, "img")
+	if _, err := Dump(context.Background(), DumpOptions{Pid: cmd.Process.Pid, ImageDir: imgDir, LeaveRunning: true}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	s0, _ := readCounter(t, status)
+	waitFor(t, "counter to keep counting after the dump", func() bool {
+		s, ok := readCounter(t, status)
+		return ok && s.Counter > s0.Counter+100
+	})
+	if tp := tracerPid(t, cmd.Process.Pid); tp != 0 {
+		t.Fatalf("TracerPid %d after dump, want 0", tp)
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	killed, _ := readCounter(t, status)
+	if err := os.Truncate(status, 0); err != nil {
+		t.Fatal(err)
+	}
+	stub := startStub(t)
+	if _, err := Restore(context.Background(), RestoreOptions{ImageDir: imgDir, Pid: stub.Process.Pid}); err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	// The restored task continues from the image, taken well before the kill.
+	var s counterStatus
+	waitFor(t, "restored counter", func() bool {
+		var ok bool
+		s, ok = readCounter(t, status)
+		return ok
+	})
+	if s.Counter <= 5 || s.Counter >= killed.Counter {
+		t.Fatalf("restored counter %d, want between 5 and %d (the value at kill)", s.Counter, killed.Counter)
+	}
+	if s.OK != 1 || s.Off != 12345 || s.Pid != 1 {
+		t.Fatalf("restored status %+v", s)
+	}
 }

@@ -166,7 +166,7 @@ func (ft *fileTable) dumpFd(t *dtask, fd int) (*image.Fd, error) {
 		if isExternal() {
 			return out, nil
 		}
-		return nil, fmt.Errorf("%s: sockets are %w yet", target, ErrUnsupported)
+		return nil, fmt.Errorf("%s%s: sockets are %w yet", target, socketKind(t.pid, fd), ErrUnsupported)
 	case strings.HasPrefix(target, "anon_inode:"):
 		return nil, fmt.Errorf("%s: %s files are %w yet", target, strings.TrimPrefix(target, "anon_inode:"), ErrUnsupported)
 	case !strings.HasPrefix(target, "/"):
@@ -253,4 +253,34 @@ func peekPipe(pid, fd int) (*image.Pipe, error) {
 		got += k
 	}
 	return p, nil
+}
+
+// socketKind describes a socket of a task for error messages, as " (unix stream)".
+func socketKind(pid, fd int) string {
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return ""
+	}
+	defer unix.Close(pidfd)
+	sfd, err := unix.PidfdGetfd(pidfd, fd, 0)
+	if err != nil {
+		return ""
+	}
+	defer unix.Close(sfd)
+	dom, err1 := unix.GetsockoptInt(sfd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+	typ, err2 := unix.GetsockoptInt(sfd, unix.SOL_SOCKET, unix.SO_TYPE)
+	if err1 != nil || err2 != nil {
+		return ""
+	}
+	domains := map[int]string{unix.AF_UNIX: "unix", unix.AF_INET: "tcp/ip v4", unix.AF_INET6: "tcp/ip v6", unix.AF_NETLINK: "netlink", unix.AF_PACKET: "packet"}
+	types := map[int]string{unix.SOCK_STREAM: "stream", unix.SOCK_DGRAM: "datagram", unix.SOCK_SEQPACKET: "seqpacket", unix.SOCK_RAW: "raw"}
+	d, ok := domains[dom]
+	if !ok {
+		d = fmt.Sprintf("family %d", dom)
+	}
+	ty, ok := types[typ]
+	if !ok {
+		ty = fmt.Sprintf("type %d", typ)
+	}
+	return " (" + d + " " + ty + ")"
 }

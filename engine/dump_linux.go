@@ -708,6 +708,7 @@ func (d *dumper) dumpMm(t *dtask, maps []procfs.Mapping) (*image.Mm, error) {
 		return nil, err
 	}
 	pw := newPageWriter(t.pid, pf, lead.mem)
+	defer pw.release()
 	ri := 0
 	for _, m := range maps {
 		v, dumpPages, err := vmaOf(t, m)

@@ -238,7 +238,10 @@ func (r *restorer) seizeStub(rt *rtask) error {
 		return fmt.Errorf("stub pid %d has %d threads", pid, st.Threads)
 	}
 	// EXITKILL: if the engine dies mid-restore, the half-built tree dies too.
-	opts := unix.PTRACE_O_TRACECLONE | unix.PTRACE_O_TRACEFORK | unix.PTRACE_O_TRACEVFORK | unix.PTRACE_O_EXITKILL
+	// SUSPEND_SECCOMP: the filters restored into a task must not stop the
+	// calls the engine still injects after them (options are inherited by
+	// the tasks cloned from the stub).
+	opts := unix.PTRACE_O_TRACECLONE | unix.PTRACE_O_TRACEFORK | unix.PTRACE_O_TRACEVFORK | unix.PTRACE_O_EXITKILL | unix.PTRACE_O_SUSPEND_SECCOMP
 	if err := ptrace.Seize(pid, opts); err != nil {
 		return fmt.Errorf("stub: %w", err)
 	}

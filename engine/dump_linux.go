@@ -47,6 +47,7 @@ type dumper struct {
 	frozen bool
 	inv    image.Inventory
 	files  *fileTable
+	shmems *shmemTable
 	result DumpResult
 }
 
@@ -73,7 +74,8 @@ func Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
-	d := &dumper{opts: opts, byPid: map[int]*dtask{}, files: newFileTable()}
+	d := &dumper{opts: opts, byPid: map[int]*dtask{}, files: newFileTable(), shmems: newShmemTable(opts.ImageDir)}
+	d.files.shmems = d.shmems
 	err := d.run(ctx)
 	if ferr := d.finish(err == nil); ferr != nil {
 		if err == nil {
@@ -129,6 +131,9 @@ func (d *dumper) run(ctx context.Context) error {
 	if err := d.files.dumpPipes(&d.inv); err != nil {
 		return err
 	}
+	d.shmems.inventory(&d.inv)
+	d.result.PageBytes += d.shmems.bytes
+	d.result.PageFiles = append(d.result.PageFiles, d.shmems.files...)
 	for _, t := range d.tasks {
 		d.inv.Tasks = append(d.inv.Tasks, t.nspid)
 		name := image.TaskFile(t.nspid)
@@ -757,7 +762,7 @@ func (d *dumper) dumpMm(t *dtask, maps []procfs.Mapping) (*image.Mm, error) {
 	defer pw.release()
 	ri := 0
 	for _, m := range maps {
-		v, dumpPages, err := vmaOf(t, m)
+		v, dumpPages, err := d.vmaOf(t, m)
 		if err != nil {
 			return nil, fmt.Errorf("mapping %#x-%#x %s: %w", m.Start, m.End, m.Path, err)
 		}
@@ -772,7 +777,7 @@ func (d *dumper) dumpMm(t *dtask, maps []procfs.Mapping) (*image.Mm, error) {
 			if r.Categories&pageIsPfnzero != 0 {
 				continue // the shared zero page: restored as untouched memory
 			}
-			if v.Kind == image.VmaFile && r.Categories&pageIsFile != 0 && r.Categories&pageIsSwapped == 0 {
+			if (v.Kind == image.VmaFile || v.Kind == image.VmaShmem) && r.Categories&pageIsFile != 0 && r.Categories&pageIsSwapped == 0 {
 				continue // still the file's page cache: the file has it
 			}
 			a, e := max(r.Start, m.Start), min(r.End, m.End)
@@ -806,7 +811,7 @@ func (d *dumper) dumpMm(t *dtask, maps []procfs.Mapping) (*image.Mm, error) {
 
 // vmaOf translates one mapping; it returns nil for mappings that are not
 // restored (the scratch page, [vsyscall]) and whether its pages are dumped.
-func vmaOf(t *dtask, m procfs.Mapping) (*image.Vma, bool, error) {
+func (d *dumper) vmaOf(t *dtask, m procfs.Mapping) (*image.Vma, bool, error) {
 	if m.Start == t.scratch {
 		return nil, false, nil
 	}
@@ -844,8 +849,17 @@ func vmaOf(t *dtask, m procfs.Mapping) (*image.Vma, bool, error) {
 		}
 		v.Kind, v.Name = image.VmaAnon, m.Path
 		return v, true, nil
-	case m.Path == "/dev/zero" || strings.HasPrefix(m.Path, "/SYSV") || strings.HasPrefix(m.Path, "/memfd:"):
-		return nil, false, fmt.Errorf("%w: shared memory object %s is not supported yet", ErrUnsupported, m.Path)
+	case strings.HasPrefix(m.Path, "/SYSV"):
+		return nil, false, fmt.Errorf("%w: System V shared memory is not supported yet", ErrUnsupported)
+	case m.Deleted && (m.Path == "/dev/zero" && m.Shared || strings.HasPrefix(m.Path, "/memfd:")):
+		// Shared anonymous memory or a memfd: a shmem object of its own.
+		memfd := strings.HasPrefix(m.Path, "/memfd:")
+		name := strings.TrimPrefix(m.Path, "/memfd:")
+		if err := d.shmems.add(m.Inode, fmt.Sprintf("/proc/%d/map_files/%x-%x", t.pid, m.Start, m.End), memfd, name); err != nil {
+			return nil, false, err
+		}
+		v.Kind, v.ShmemID, v.Offset = image.VmaShmem, m.Inode, m.Offset
+		return v, !m.Shared, nil
 	case m.Deleted:
 		return nil, false, fmt.Errorf("%w: mapping of the deleted file %s", ErrUnsupported, m.Path)
 	case strings.HasPrefix(m.Path, "/"):

@@ -68,6 +68,8 @@ type restorer struct {
 	// holds an fd of each one created so far.
 	shmems       map[uint64]*image.Shmem
 	shmemHolders map[uint64]holder
+	// stdio is the helper holding RestoreOptions.Stdio, started when needed.
+	stdio *stdioHelper
 }
 
 type pipeEnd struct {
@@ -114,6 +116,11 @@ func Restore(ctx context.Context, opts RestoreOptions) (*RestoreResult, error) {
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	defer func() {
+		if r.stdio != nil {
+			r.stdio.stop()
+		}
+	}()
 	if err := r.run(ctx); err != nil {
 		r.killAll()
 		return nil, fmt.Errorf("restore from %s: %w", opts.ImageDir, err)

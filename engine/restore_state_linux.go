@@ -60,6 +60,27 @@ func (r *restorer) cleanStubFds(rt *rtask) error {
 	return nil
 }
 
+// pullStdio gets RestoreOptions.Stdio[i] into rt from the stdio helper.
+func (r *restorer) pullStdio(rt *rtask, i int) (uint64, error) {
+	if r.stdio == nil {
+		h, err := startStdioHelper(r.opts.Pid, r.opts.Stdio)
+		if err != nil {
+			return 0, err
+		}
+		r.stdio = h
+	}
+	t := rt.lead()
+	pfd, err := t.sys("pidfd_open stdio helper", unix.SYS_PIDFD_OPEN, uint64(r.stdio.nspid), 0)
+	if err != nil {
+		return 0, err
+	}
+	nfd, err := t.sys("pidfd_getfd stdio", unix.SYS_PIDFD_GETFD, pfd, uint64(i), 0)
+	if _, cerr := t.sys("close", unix.SYS_CLOSE, pfd); cerr != nil && err == nil {
+		err = cerr
+	}
+	return nfd, err
+}
+
 // park moves a freshly created fd above the restored numbers, unless it
 // already is the wanted number.
 func (r *restorer) park(rt *rtask, fd uint64, want, base int) (uint64, error) {
@@ -141,7 +162,11 @@ func (r *restorer) installFd(rt *rtask, f image.Fd, base int) error {
 			}
 		case image.FdExternal:
 			if r.opts.Stdio[f.Stdio] != nil {
-				return fmt.Errorf("%w: reconnecting external stdio to RestoreOptions.Stdio; start the stub with that stdio instead", ErrUnsupported)
+				if src, err = r.pullStdio(rt, f.Stdio); err != nil {
+					return err
+				}
+				fresh = true
+				break
 			}
 			if rt.stdio[f.Stdio] < 0 {
 				return fmt.Errorf("the stub has no fd %d to reconnect external stdio to", f.Stdio)
@@ -175,6 +200,12 @@ func (r *restorer) installFd(rt *rtask, f image.Fd, base int) error {
 	}
 	if _, ok := r.files[f.File]; !ok && f.Kind != image.FdExternal {
 		r.files[f.File] = holder{rt, f.Fd}
+	}
+	if f.Kind == image.FdExternal {
+		// The saved status flags (O_NONBLOCK, O_APPEND) of the stdio description.
+		if _, err := t.sys("fcntl(F_SETFL)", unix.SYS_FCNTL, uint64(f.Fd), unix.F_SETFL, uint64(f.Flags)&^unix.O_ACCMODE); err != nil {
+			return err
+		}
 	}
 	return nil
 }

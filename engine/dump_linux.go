@@ -122,6 +122,8 @@ func (d *dumper) run(ctx context.Context) error {
 	var uts unix.Utsname
 	_ = unix.Uname(&uts)
 	d.inv = image.Inventory{Header: image.NewHeader(), Kernel: unix.ByteSliceToString(uts.Release[:])}
+	// The tree is stopped: its clocks stop here.
+	d.inv.Monotonic, d.inv.Boottime = treeClocks(d.tasks[0].pid)
 	d.result.Kernel = d.inv.Kernel
 	for _, t := range d.tasks {
 		if err := d.dumpTask(ctx, t); err != nil {
@@ -490,6 +492,15 @@ func (d *dumper) dumpTask(ctx context.Context, t *dtask) error {
 	if t.root, err = readlinkProc(t.pid, "root"); err != nil {
 		return err
 	}
+	if t != d.tasks[0] && t.root != d.tasks[0].root {
+		return fmt.Errorf("%w: its root %s differs from the root task's (%s)", ErrUnsupported, t.root, d.tasks[0].root)
+	}
+	if err := d.checkNamespaces(t); err != nil {
+		return err
+	}
+	if timers, err := os.ReadFile(fmt.Sprintf("/proc/%d/timers", t.pid)); err == nil && len(strings.TrimSpace(string(timers))) > 0 {
+		return fmt.Errorf("%w: POSIX timers (timer_create) are not supported yet", ErrUnsupported)
+	}
 	cwd, err := readlinkProc(t.pid, "cwd")
 	if err != nil {
 		return err
@@ -575,6 +586,28 @@ func (d *dumper) dumpTask(ctx context.Context, t *dtask) error {
 	for _, f := range rec.Fds {
 		if f.Path != "" {
 			t.info.Files = append(t.info.Files, f.Path)
+		}
+	}
+	return nil
+}
+
+// namespaceKinds are the namespaces a task must share with the root task:
+// the restore rebuilds every task inside the namespaces of the stub.
+var namespaceKinds = []string{"mnt", "net", "uts", "ipc", "user", "cgroup", "time", "pid_for_children"}
+
+func (d *dumper) checkNamespaces(t *dtask) error {
+	root := d.tasks[0]
+	if t == root {
+		return nil
+	}
+	for _, ns := range namespaceKinds {
+		a, err1 := readlinkProc(t.pid, "ns/"+ns)
+		b, err2 := readlinkProc(root.pid, "ns/"+ns)
+		if err1 != nil || err2 != nil {
+			continue // a kernel without this namespace kind
+		}
+		if a != b {
+			return fmt.Errorf("%w: it is in another %s namespace (%s) than the root task (%s)", ErrUnsupported, ns, a, b)
 		}
 	}
 	return nil

@@ -96,6 +96,11 @@ type Inventory struct {
 	// Shmems are the shared memory objects (shared anonymous memory, memfd)
 	// that mappings and fds of the tree refer to.
 	Shmems []Shmem `json:"shmems,omitempty"`
+	// Monotonic and Boottime are CLOCK_MONOTONIC and CLOCK_BOOTTIME (in ns) as
+	// the tree saw them when it was stopped: a restore into a time namespace
+	// whose offsets make them continue from there hides the downtime.
+	Monotonic int64 `json:"monotonic_ns,omitempty"`
+	Boottime  int64 `json:"boottime_ns,omitempty"`
 	// XStateSize is the size of the NT_X86_XSTATE regset on the dumping CPU.
 	XStateSize int `json:"xstate_size"`
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -53,7 +54,20 @@ func TestDumpRestoreTree(t *testing.T) {
 	bin := buildC(t, "tree")
 	dir := t.TempDir()
 	fz := newCgroupFreezer(t)
-	cmd := startInNewPidns(t, fz, bin, dir)
+	testDumpRestoreTree(t, dir, fz, startInNewPidns(t, fz, bin, dir))
+}
+
+// TestDumpRestoreTreeV1Freezer is TestDumpRestoreTree with the tree frozen
+// by the cgroup v1 freezer.
+func TestDumpRestoreTreeV1Freezer(t *testing.T) {
+	testutil.RequiresRoot(t)
+	bin := buildC(t, "tree")
+	dir := t.TempDir()
+	fz := newV1Freezer(t)
+	testDumpRestoreTree(t, dir, fz, startInNewPidns(t, nil, fz.wrap(bin, dir)...))
+}
+
+func testDumpRestoreTree(t *testing.T, dir string, fz Freezer, cmd *exec.Cmd) {
 	before := map[string]treeStatus{}
 	waitFor(t, "every process of the tree to report", func() bool {
 		for _, r := range treeRoles {

@@ -609,6 +609,20 @@ func (d *dumper) dumpTask(ctx context.Context, t *dtask) error {
 			t.info.Files = append(t.info.Files, f.Path)
 		}
 	}
+	// A session leader with a controlling terminal: it gets it back at
+	// restore through the fd that refers to it.
+	if t.stat.TtyNr != 0 && rec.Sid == rec.Pid {
+		for _, f := range rec.Fds {
+			rec.Ctty = rec.Ctty || f.Tty
+		}
+		if !rec.Ctty {
+			maj, min := procfs.TtyDev(t.stat.TtyNr)
+			return fmt.Errorf("%w: its controlling terminal %d:%d is not one of its open external fds", ErrUnsupported, maj, min)
+		}
+		if fg := d.byPid[t.stat.Tpgid]; fg != nil {
+			rec.Tpgid = fg.nspid
+		}
+	}
 	return nil
 }
 

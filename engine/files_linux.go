@@ -206,6 +206,10 @@ func (ft *fileTable) dumpFd(t *dtask, fd int) (*image.Fd, error) {
 			return out, nil
 		}
 		if isExternal() {
+			if t.stat.TtyNr != 0 {
+				maj, min := procfs.TtyDev(t.stat.TtyNr)
+				out.Tty = unix.Major(st.Rdev) == maj && unix.Minor(st.Rdev) == min
+			}
 			return out, nil
 		}
 		return nil, fmt.Errorf("%s: character device %d:%d is %w yet", target, unix.Major(st.Rdev), unix.Minor(st.Rdev), ErrUnsupported)

@@ -455,6 +455,11 @@ func (r *restorer) restoreTaskState(rt *rtask) error {
 			return err
 		}
 	}
+	if rec.Ctty {
+		if err := r.restoreCtty(rt); err != nil {
+			return err
+		}
+	}
 	if err := r.restoreSeccomp(rt); err != nil {
 		return err
 	}
@@ -465,6 +470,32 @@ func (r *restorer) restoreTaskState(rt *rtask) error {
 		}
 	}
 	return nil
+}
+
+// restoreCtty makes the terminal fd the controlling terminal of the session
+// (TIOCSCTTY) and sets its foreground process group (TIOCSPGRP).
+func (r *restorer) restoreCtty(rt *rtask) error {
+	t := rt.lead()
+	for _, f := range rt.rec.Fds {
+		if !f.Tty {
+			continue
+		}
+		if _, err := t.sys("ioctl(TIOCSCTTY)", unix.SYS_IOCTL, uint64(f.Fd), unix.TIOCSCTTY, 1); err != nil {
+			return err
+		}
+		if rt.rec.Tpgid != 0 {
+			buf := make([]byte, 4)
+			binary.LittleEndian.PutUint32(buf, uint32(rt.rec.Tpgid))
+			if err := t.writeMem(r.scratch, buf); err != nil {
+				return err
+			}
+			if _, err := t.sys("ioctl(TIOCSPGRP)", unix.SYS_IOCTL, uint64(f.Fd), unix.TIOCSPGRP, r.scratch); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return errors.New("no terminal fd for the controlling terminal")
 }
 
 // restoreSeccomp installs the filters, oldest first, on every thread (TSYNC).

@@ -40,11 +40,12 @@ type fileTable struct {
 	rootPid   int
 	pipeRefs  map[uint64]openRef
 	pipeOrder []uint64
+	fifoPaths map[uint64]string
 	shmems    *shmemTable
 }
 
 func newFileTable() *fileTable {
-	return &fileTable{byInode: map[[2]uint64][]openRef{}, pipeRefs: map[uint64]openRef{}}
+	return &fileTable{byInode: map[[2]uint64][]openRef{}, pipeRefs: map[uint64]openRef{}, fifoPaths: map[uint64]string{}}
 }
 
 func (ft *fileTable) close() {}
@@ -217,7 +218,14 @@ func (ft *fileTable) dumpFd(t *dtask, fd int) (*image.Fd, error) {
 		if isExternal() {
 			return out, nil
 		}
-		return nil, fmt.Errorf("%s: FIFOs are %w yet", target, ErrUnsupported)
+		// A FIFO: reopened by path at restore; its bytes are dumped like a pipe's.
+		out.Kind, out.Pipe, out.Pos = image.FdFifo, st.Ino, 0
+		if _, ok := ft.pipeRefs[st.Ino]; !ok {
+			ft.pipeRefs[st.Ino] = openRef{pid: t.pid, fd: fd}
+			ft.pipeOrder = append(ft.pipeOrder, st.Ino)
+			ft.fifoPaths[st.Ino] = path
+		}
+		return out, nil
 	}
 	return nil, fmt.Errorf("%s: file type %#o is %w yet", target, mode, ErrUnsupported)
 }
@@ -232,7 +240,7 @@ func (ft *fileTable) dumpPipes(inv *image.Inventory) error {
 		if err != nil {
 			return fmt.Errorf("pipe:[%d] (pid %d fd %d): %w", ino, ref.pid, ref.fd, err)
 		}
-		p.ID = ino
+		p.ID, p.Fifo = ino, ft.fifoPaths[ino]
 		inv.Pipes = append(inv.Pipes, *p)
 	}
 	return nil

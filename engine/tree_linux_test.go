@@ -220,3 +220,34 @@ func TestRestoreFailureKillsTree(t *testing.T) {
 		}
 	}
 }
+
+// TestDumpRestoreFifo checks a FIFO between two processes with bytes in it.
+func TestDumpRestoreFifo(t *testing.T) {
+	testutil.RequiresRoot(t)
+	bin := buildC(t, "fifo")
+	dir := t.TempDir()
+	fz := newCgroupFreezer(t)
+	cmd := startInNewPidns(t, fz, bin, dir)
+	waitFor(t, "the writer to count", func() bool { v, ok := readInts(filepath.Join(dir, "child"), 1); return ok && v[0] > 10 })
+	img := filepath.Join(dir, "img")
+	if _, err := Dump(context.Background(), DumpOptions{Pid: cmd.Process.Pid, Freezer: fz, ImageDir: img}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	_ = cmd.Wait()
+	stub := startStub(t)
+	if _, err := Restore(context.Background(), RestoreOptions{ImageDir: img, Pid: stub.Process.Pid}); err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "go"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	waitFor(t, "the reader to read the FIFO", func() bool {
+		data, err := os.ReadFile(filepath.Join(dir, "result"))
+		got = string(data)
+		return err == nil && strings.HasSuffix(got, "\n")
+	})
+	if got != "fifo-data\n" {
+		t.Fatalf("read %q from the FIFO after restore, want fifo-data", got)
+	}
+}

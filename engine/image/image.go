@@ -339,6 +339,7 @@ const (
 	FdSignalfd = "signalfd" // a signalfd with its mask
 	FdTimerfd  = "timerfd"  // a timerfd with its clock, remaining time and ticks
 	FdMemfd    = "memfd"    // a memfd, the Inventory.Shmems object Shmem
+	FdFifo     = "fifo"     // a FIFO reopened by Path; its bytes are in Inventory.Pipes
 )
 
 // EpollTarget is one fd registered in an epoll instance (the fd number in

@@ -172,6 +172,11 @@ func (ft *fileTable) dumpFd(t *dtask, fd int) (*image.Fd, error) {
 			return out, nil
 		}
 		return nil, fmt.Errorf("%s%s: sockets are %w yet", target, socketKind(t.pid, fd), ErrUnsupported)
+	case target == "anon_inode:inotify":
+		if err := dumpInotify(t, out, fi); err != nil {
+			return nil, fmt.Errorf("%s: %w", target, err)
+		}
+		return out, nil
 	case strings.HasPrefix(target, "anon_inode:"):
 		if err := dumpAnon(out, target, fi); err != nil {
 			return nil, err

@@ -155,6 +155,11 @@ func (r *restorer) installFd(rt *rtask, f image.Fd, base int) error {
 				return err
 			}
 			fresh = true
+		case image.FdInotify:
+			if src, err = r.createInotify(rt, f); err != nil {
+				return err
+			}
+			fresh = true
 		case image.FdEventfd, image.FdEpoll, image.FdSignalfd, image.FdTimerfd:
 			if src, err = r.createAnon(rt, f); err != nil {
 				return err

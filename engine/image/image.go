@@ -340,7 +340,16 @@ const (
 	FdTimerfd  = "timerfd"  // a timerfd with its clock, remaining time and ticks
 	FdMemfd    = "memfd"    // a memfd, the Inventory.Shmems object Shmem
 	FdFifo     = "fifo"     // a FIFO reopened by Path; its bytes are in Inventory.Pipes
+	FdInotify  = "inotify"  // an inotify instance with its watches (queued events are lost)
 )
+
+// InotifyWatch is one watch of an inotify instance.
+type InotifyWatch struct {
+	Wd   int    `json:"wd"`
+	Mask uint32 `json:"mask"`
+	// Path is the watched file, relative to the task root.
+	Path string `json:"path"`
+}
 
 // EpollTarget is one fd registered in an epoll instance (the fd number in
 // the task that holds the epoll fd).
@@ -389,6 +398,8 @@ type Fd struct {
 	SignalfdMask uint64 `json:"signalfd_mask,omitempty"`
 	// Timerfd is the state of a timerfd.
 	Timerfd *Timerfd `json:"timerfd,omitempty"`
+	// Inotify lists the watches of an inotify instance, by descriptor.
+	Inotify []InotifyWatch `json:"inotify,omitempty"`
 }
 
 // WriteFile writes a record as JSON into dir/name with mode 0600.

@@ -123,6 +123,14 @@ func (t *Task) Validate() error {
 			if f.Timerfd == nil {
 				return bad("task %d fd %d: timerfd without state", t.Pid, f.Fd)
 			}
+		case FdInotify:
+			prev := 0
+			for _, w := range f.Inotify {
+				if w.Wd <= prev || w.Path == "" || w.Path[0] != '/' {
+					return bad("task %d fd %d: inotify watch %d on %q", t.Pid, f.Fd, w.Wd, w.Path)
+				}
+				prev = w.Wd
+			}
 		case FdEpoll:
 		case FdExternal:
 			if f.Stdio < 0 || f.Stdio > 2 {

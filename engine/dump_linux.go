@@ -133,6 +133,9 @@ func (d *dumper) run(ctx context.Context) error {
 	if err := d.files.dumpPipes(&d.inv); err != nil {
 		return err
 	}
+	if err := d.files.unix.finish(&d.inv); err != nil {
+		return err
+	}
 	d.shmems.inventory(&d.inv)
 	d.result.PageBytes += d.shmems.bytes
 	d.result.PageFiles = append(d.result.PageFiles, d.shmems.files...)

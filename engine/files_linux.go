@@ -42,10 +42,11 @@ type fileTable struct {
 	pipeOrder []uint64
 	fifoPaths map[uint64]string
 	shmems    *shmemTable
+	unix      *unixTable
 }
 
 func newFileTable() *fileTable {
-	return &fileTable{byInode: map[[2]uint64][]openRef{}, pipeRefs: map[uint64]openRef{}, fifoPaths: map[uint64]string{}}
+	return &fileTable{byInode: map[[2]uint64][]openRef{}, pipeRefs: map[uint64]openRef{}, fifoPaths: map[uint64]string{}, unix: newUnixTable()}
 }
 
 func (ft *fileTable) close() {}
@@ -169,6 +170,13 @@ func (ft *fileTable) dumpFd(t *dtask, fd int) (*image.Fd, error) {
 		return out, nil
 	case strings.HasPrefix(target, "socket:["):
 		if isExternal() {
+			return out, nil
+		}
+		if kind := socketKind(t.pid, fd); strings.HasPrefix(kind, " (unix ") {
+			if err := ft.unix.dump(t.pid, fd, st.Ino); err != nil {
+				return nil, fmt.Errorf("%s %w", target, err)
+			}
+			out.Kind, out.Socket, out.Pos = image.FdUnix, st.Ino, 0
 			return out, nil
 		}
 		return nil, fmt.Errorf("%s%s: sockets are %w yet", target, socketKind(t.pid, fd), ErrUnsupported)

@@ -146,6 +146,10 @@ func (r *restorer) installFd(rt *rtask, f image.Fd, base int) error {
 			if src, fresh, err = r.pipeEnd(rt, f, base); err != nil {
 				return err
 			}
+		case image.FdUnix:
+			if src, fresh, err = r.unixEnd(rt, f); err != nil {
+				return err
+			}
 		case image.FdFifo:
 			if err := r.fifoKeeper(rt, f); err != nil {
 				return err
@@ -214,6 +218,13 @@ func (r *restorer) installFd(rt *rtask, f image.Fd, base int) error {
 	}
 	if _, ok := r.files[f.File]; !ok && f.Kind != image.FdExternal {
 		r.files[f.File] = holder{rt, f.Fd}
+		// Status flags (O_NONBLOCK...) of a description made by pipe2 or
+		// socketpair, set once, when the description is first installed.
+		if st := uint64(f.Flags) &^ unix.O_ACCMODE; st != 0 && (f.Kind == image.FdPipe || f.Kind == image.FdUnix) {
+			if _, err := t.sys("fcntl(F_SETFL)", unix.SYS_FCNTL, uint64(f.Fd), unix.F_SETFL, st); err != nil {
+				return err
+			}
+		}
 	}
 	if f.Kind == image.FdExternal {
 		// The saved status flags (O_NONBLOCK, O_APPEND) of the stdio description.
@@ -406,15 +417,9 @@ func (r *restorer) pipeEnd(rt *rtask, f image.Fd, base int) (uint64, bool, error
 	if err := r.fillPipe(rt, int(ends[1]), p); err != nil {
 		return 0, false, err
 	}
-	// Status flags (O_NONBLOCK...) belong to the open file description.
 	end := ends[1]
 	if read {
 		end = ends[0]
-	}
-	if st := uint64(f.Flags) &^ unix.O_ACCMODE; st != 0 {
-		if _, err := t.sys("fcntl(F_SETFL)", unix.SYS_FCNTL, end, unix.F_SETFL, st); err != nil {
-			return 0, false, err
-		}
 	}
 	return end, false, nil
 }

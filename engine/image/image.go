@@ -93,6 +93,8 @@ type Inventory struct {
 	Tasks []int `json:"tasks"`
 	// Pipes are the pipes (and FIFOs) that fds of the tree refer to.
 	Pipes []Pipe `json:"pipes,omitempty"`
+	// UnixSockets are the unix socket pairs that fds of the tree refer to.
+	UnixSockets []UnixSocket `json:"unix_sockets,omitempty"`
 	// Shmems are the shared memory objects (shared anonymous memory, memfd)
 	// that mappings and fds of the tree refer to.
 	Shmems []Shmem `json:"shmems,omitempty"`
@@ -341,7 +343,20 @@ const (
 	FdMemfd    = "memfd"    // a memfd, the Inventory.Shmems object Shmem
 	FdFifo     = "fifo"     // a FIFO reopened by Path; its bytes are in Inventory.Pipes
 	FdInotify  = "inotify"  // an inotify instance with its watches (queued events are lost)
+	FdUnix     = "unix"     // one end of a connected pair of unix sockets, both in the tree
 )
+
+// UnixSocket is one end of a connected pair of unbound unix sockets
+// (socketpair), whose peer is in the tree too.
+type UnixSocket struct {
+	ID   uint64 `json:"id"` // its inode at dump time
+	Peer uint64 `json:"peer"`
+	Type int    `json:"type"` // SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET
+	// Queue are the bytes waiting to be received on this end.
+	Queue []byte `json:"queue,omitempty"`
+	// Shutdown holds the shutdown bits (1: receive, 2: send).
+	Shutdown int `json:"shutdown,omitempty"`
+}
 
 // InotifyWatch is one watch of an inotify instance.
 type InotifyWatch struct {
@@ -383,6 +398,8 @@ type Fd struct {
 	File uint64 `json:"file"`
 	// Pipe is the Inventory.Pipes ID of a pipe end.
 	Pipe uint64 `json:"pipe,omitempty"`
+	// Socket is the Inventory.UnixSockets ID of a unix socket.
+	Socket uint64 `json:"socket,omitempty"`
 	// Shmem is the Inventory.Shmems ID of a memfd.
 	Shmem uint64 `json:"shmem,omitempty"`
 	// Stdio is the index (0, 1, 2) of the restore stdio an external fd is reconnected to.

@@ -2,12 +2,13 @@
  * argv[1]: status file, rewritten at offset 0 on every iteration with
  *          "<counter> <heap ok> <offset of the data fd> <getpid()>".
  * argv[2]: data file, kept open at offset 12345.
- * argv[3]: optional "socket": also hold a unix socketpair (which the engine refuses).
+ * argv[3]: optional "socket": also hold a listening TCP socket (which the engine refuses).
  */
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -19,9 +20,12 @@ int main(int argc, char **argv) {
 	int data = open(argv[2], O_RDONLY);
 	lseek(data, 12345, SEEK_SET);
 	int out = open(argv[1], O_WRONLY | O_CREAT, 0644);
-	int sv[2];
-	if (argc > 3 && strcmp(argv[3], "socket") == 0)
-		socketpair(AF_UNIX, SOCK_STREAM, 0, sv);
+	if (argc > 3 && strcmp(argv[3], "socket") == 0) {
+		int s = socket(AF_INET, SOCK_STREAM, 0);
+		struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+		bind(s, (struct sockaddr *)&a, sizeof a);
+		listen(s, 1);
+	}
 	volatile long counter = 0;
 	char line[256];
 	for (;;) {

@@ -896,9 +896,19 @@ func (d *dumper) vmaOf(t *dtask, m procfs.Mapping) (*image.Vma, bool, error) {
 	if m.Exec {
 		v.Prot |= image.ProtExec
 	}
-	if m.HasFlag("ht") || m.HasFlag("hg") && m.Path != "" && !strings.HasPrefix(m.Path, "[") {
-		if m.HasFlag("ht") {
-			return nil, false, fmt.Errorf("%w: hugetlb mappings are not supported yet", ErrUnsupported)
+	for flag, what := range map[string]string{
+		"ht": "hugetlb mappings", "ss": "shadow stacks", "pf": "PFN mappings (device memory)", "io": "I/O mappings",
+		"uw": "userfaultfd-registered mappings", "um": "userfaultfd-registered mappings", "ui": "userfaultfd-registered mappings",
+		"lo": "locked (mlock) mappings",
+	} {
+		special := m.Path == "[vdso]" || m.Path == "[vvar]" || m.Path == "[vvar_vclock]" || m.Path == "[vsyscall]"
+		if m.HasFlag(flag) && !special {
+			return nil, false, fmt.Errorf("%w: %s are not supported yet", ErrUnsupported, what)
+		}
+	}
+	for _, a := range []string{image.MadvDontfork, image.MadvWipeonfork, image.MadvDontdump, image.MadvHugepage, image.MadvNohugepage, image.MadvMergeable} {
+		if m.HasFlag(a) {
+			v.Advice = append(v.Advice, a)
 		}
 	}
 	switch {

@@ -300,6 +300,16 @@ const (
 	ProtExec  = 4
 )
 
+// Madvise settings of a mapping, by their smaps VmFlags names.
+const (
+	MadvDontfork   = "dc" // MADV_DONTFORK
+	MadvWipeonfork = "wf" // MADV_WIPEONFORK
+	MadvDontdump   = "dd" // MADV_DONTDUMP
+	MadvHugepage   = "hg" // MADV_HUGEPAGE
+	MadvNohugepage = "nh" // MADV_NOHUGEPAGE
+	MadvMergeable  = "mg" // MADV_MERGEABLE
+)
+
 // Vma is one mapping of an address space.
 type Vma struct {
 	Start uint64 `json:"start"`
@@ -308,8 +318,10 @@ type Vma struct {
 	// Shared is MAP_SHARED (else MAP_PRIVATE).
 	Shared bool `json:"shared,omitempty"`
 	// GrowsDown is VM_GROWSDOWN (a stack).
-	GrowsDown bool   `json:"grows_down,omitempty"`
-	Kind      string `json:"kind"`
+	GrowsDown bool `json:"grows_down,omitempty"`
+	// Advice are the madvise() settings to apply (MadvDontfork...).
+	Advice []string `json:"advice,omitempty"`
+	Kind   string   `json:"kind"`
 	// Name is the bracketed name in maps ([heap], [stack], [anon:...]).
 	Name string `json:"name,omitempty"`
 	// Path and Offset describe the mapped file of a file mapping.

@@ -171,7 +171,10 @@ type Task struct {
 	Creds       Creds       `json:"creds"`
 	Sigactions  []Sigaction `json:"sigactions,omitempty"`
 	Personality uint64      `json:"personality"`
-	Itimers     []Itimer    `json:"itimers,omitempty"`
+	// ChildSubreaper is PR_SET_CHILD_SUBREAPER; Dumpable is PR_GET_DUMPABLE.
+	ChildSubreaper bool     `json:"child_subreaper,omitempty"`
+	Dumpable       int      `json:"dumpable"`
+	Itimers        []Itimer `json:"itimers,omitempty"`
 	// Seccomp are the task's seccomp filters, oldest first (every thread has the same).
 	Seccomp []SeccompFilter `json:"seccomp,omitempty"`
 	// SharedSigpending are the signals queued to the whole process.
@@ -192,6 +195,8 @@ type Thread struct {
 	Altstack      *Altstack `json:"altstack,omitempty"`
 	Sigpending    []Siginfo `json:"sigpending,omitempty"`
 	Comm          string    `json:"comm,omitempty"`
+	// Pdeathsig is the parent-death signal (PR_SET_PDEATHSIG).
+	Pdeathsig int `json:"pdeathsig,omitempty"`
 }
 
 // Rseq is a thread's rseq registration (PTRACE_GET_RSEQ_CONFIGURATION).

@@ -522,9 +522,7 @@ func (d *dumper) dumpTask(ctx context.Context, t *dtask) error {
 	if err := d.checkNamespaces(t); err != nil {
 		return err
 	}
-	if timers, err := os.ReadFile(fmt.Sprintf("/proc/%d/timers", t.pid)); err == nil && len(strings.TrimSpace(string(timers))) > 0 {
-		return fmt.Errorf("%w: POSIX timers (timer_create) are not supported yet", ErrUnsupported)
-	}
+
 	cwd, err := readlinkProc(t.pid, "cwd")
 	if err != nil {
 		return err
@@ -609,6 +607,9 @@ func (d *dumper) dumpTask(ctx context.Context, t *dtask) error {
 	}
 	t.info.Threads = len(rec.Threads)
 	if err := d.dumpItimers(t); err != nil {
+		return err
+	}
+	if err := d.dumpPosixTimers(t); err != nil {
 		return err
 	}
 	if err := ctx.Err(); err != nil {
@@ -738,6 +739,50 @@ func (d *dumper) dumpItimers(t *dtask) error {
 		if iv != 0 || v != 0 {
 			t.rec.Itimers = append(t.rec.Itimers, image.Itimer{Which: which, Interval: iv, Value: v})
 		}
+	}
+	return nil
+}
+
+// dumpPosixTimers records the timers listed in /proc/PID/timers, with the
+// time left asked inside the task (timer_gettime).
+func (d *dumper) dumpPosixTimers(t *dtask) error {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/timers", t.pid))
+	if err != nil {
+		return err
+	}
+	timers, err := procfs.ParseTimers(data)
+	if err != nil {
+		return err
+	}
+	lead := t.threads[0]
+	buf := make([]byte, 32)
+	le := binary.LittleEndian
+	for _, pt := range timers {
+		rt := image.PosixTimer{ID: pt.ID, Clock: pt.Clock, Signo: pt.Signo, Value: pt.Value}
+		switch pt.Notify {
+		case "signal":
+			rt.Notify = 0
+		case "none":
+			rt.Notify = 1
+		case "thread":
+			rt.Notify = 4 // SIGEV_THREAD_ID
+			st, err := procfs.ReadStatus(pt.Pid)
+			if err != nil || st.Tgid != t.pid {
+				return fmt.Errorf("%w: POSIX timer %d signals thread %d of another process", ErrUnsupported, pt.ID, pt.Pid)
+			}
+			rt.Tid = st.NSpid[len(st.NSpid)-1]
+		default:
+			return fmt.Errorf("%w: POSIX timer %d with notification %q", ErrUnsupported, pt.ID, pt.Notify)
+		}
+		if _, err := lead.sys("timer_gettime", unix.SYS_TIMER_GETTIME, uint64(pt.ID), t.scratch); err != nil {
+			return err
+		}
+		if err := lead.readMem(t.scratch, buf); err != nil {
+			return err
+		}
+		rt.IntervalNs = int64(le.Uint64(buf))*1e9 + int64(le.Uint64(buf[8:]))
+		rt.ValueNs = int64(le.Uint64(buf[16:]))*1e9 + int64(le.Uint64(buf[24:]))
+		t.rec.PosixTimers = append(t.rec.PosixTimers, rt)
 	}
 	return nil
 }

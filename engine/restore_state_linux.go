@@ -502,6 +502,9 @@ func (r *restorer) restoreTaskState(rt *rtask) error {
 			return fmt.Errorf("thread %d: %w", rec.Threads[i].Tid, err)
 		}
 	}
+	if err := r.restorePosixTimers(rt); err != nil {
+		return err
+	}
 	for _, s := range rec.SharedSigpending {
 		if err := queueSignal(t, rt.hostPid, s.Raw, true, r.scratch); err != nil {
 			return err
@@ -533,6 +536,61 @@ func (r *restorer) restoreTaskState(rt *rtask) error {
 		}
 	}
 	return nil
+}
+
+// restorePosixTimers recreates the POSIX timers with their IDs
+// (PR_TIMER_CREATE_RESTORE_IDS makes timer_create take the ID from its
+// timer_id argument, KERNEL.md) and arms them with the time they had left.
+// Threads exist by now, for SIGEV_THREAD_ID targets.
+func (r *restorer) restorePosixTimers(rt *rtask) error {
+	if len(rt.rec.PosixTimers) == 0 {
+		return nil
+	}
+	const prTimerCreateRestoreIDs = 77
+	t := rt.lead()
+	le := binary.LittleEndian
+	if _, err := t.sys("prctl(PR_TIMER_CREATE_RESTORE_IDS)", unix.SYS_PRCTL, prTimerCreateRestoreIDs, 1, 0, 0, 0); err != nil {
+		return err
+	}
+	for _, pt := range rt.rec.PosixTimers {
+		ev := make([]byte, 64) // struct sigevent
+		le.PutUint64(ev, pt.Value)
+		le.PutUint32(ev[8:], uint32(pt.Signo))
+		le.PutUint32(ev[12:], uint32(pt.Notify))
+		le.PutUint32(ev[16:], uint32(pt.Tid))
+		id := make([]byte, 4)
+		le.PutUint32(id, uint32(pt.ID))
+		if err := t.writeMem(r.scratch, ev); err != nil {
+			return err
+		}
+		if err := t.writeMem(r.scratch+64, id); err != nil {
+			return err
+		}
+		if _, err := t.sys(fmt.Sprintf("timer_create %d", pt.ID), unix.SYS_TIMER_CREATE, uint64(pt.Clock), r.scratch, r.scratch+64); err != nil {
+			return err
+		}
+		if err := t.readMem(r.scratch+64, id); err != nil {
+			return err
+		}
+		if got := int(le.Uint32(id)); got != pt.ID {
+			return fmt.Errorf("timer_create made timer %d, want %d", got, pt.ID)
+		}
+		if pt.ValueNs == 0 {
+			continue
+		}
+		its := make([]byte, 32)
+		for i, v := range []int64{pt.IntervalNs / 1e9, pt.IntervalNs % 1e9, pt.ValueNs / 1e9, pt.ValueNs % 1e9} {
+			le.PutUint64(its[8*i:], uint64(v))
+		}
+		if err := t.writeMem(r.scratch, its); err != nil {
+			return err
+		}
+		if _, err := t.sys("timer_settime", unix.SYS_TIMER_SETTIME, uint64(pt.ID), 0, r.scratch, 0); err != nil {
+			return err
+		}
+	}
+	_, err := t.sys("prctl(PR_TIMER_CREATE_RESTORE_IDS, off)", unix.SYS_PRCTL, prTimerCreateRestoreIDs, 0, 0, 0, 0)
+	return err
 }
 
 // restoreCtty makes the terminal fd the controlling terminal of the session

@@ -177,6 +177,8 @@ type Task struct {
 	Itimers        []Itimer `json:"itimers,omitempty"`
 	// Seccomp are the task's seccomp filters, oldest first (every thread has the same).
 	Seccomp []SeccompFilter `json:"seccomp,omitempty"`
+	// PosixTimers are the timers of timer_create, recreated with their IDs.
+	PosixTimers []PosixTimer `json:"posix_timers,omitempty"`
 	// SharedSigpending are the signals queued to the whole process.
 	SharedSigpending []Siginfo `json:"shared_sigpending,omitempty"`
 }
@@ -216,6 +218,20 @@ type Altstack struct {
 // Siginfo is one queued signal: the raw 128-byte siginfo_t.
 type Siginfo struct {
 	Raw []byte `json:"raw"`
+}
+
+// PosixTimer is one POSIX timer (timer_create).
+type PosixTimer struct {
+	ID    int    `json:"id"`
+	Clock int    `json:"clock"`
+	Signo int    `json:"signo"`
+	Value uint64 `json:"value"` // sigev_value
+	// Notify is SIGEV_SIGNAL (0), SIGEV_NONE (1) or SIGEV_THREAD_ID (4), with Tid.
+	Notify int `json:"notify"`
+	Tid    int `json:"tid,omitempty"`
+	// ValueNs is the time left before expiry, IntervalNs the period.
+	ValueNs    int64 `json:"value_ns,omitempty"`
+	IntervalNs int64 `json:"interval_ns,omitempty"`
 }
 
 // Rlimit is one resource limit (RLIMIT_* index).

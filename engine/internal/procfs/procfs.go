@@ -439,3 +439,58 @@ func ParseTimerfd(fi *Fdinfo) (*Timerfd, error) {
 	}
 	return &t, nil
 }
+
+// PosixTimer is one entry of /proc/PID/timers.
+type PosixTimer struct {
+	ID     int
+	Signo  int
+	Value  uint64
+	Notify string // "signal", "thread" or "none"
+	Pid    int    // the target process or thread, in the reader's PID namespace
+	Clock  int
+}
+
+// ParseTimers parses /proc/PID/timers.
+func ParseTimers(data []byte) ([]PosixTimer, error) {
+	var out []PosixTimer
+	var cur *PosixTimer
+	for _, line := range strings.Split(string(data), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		v = strings.TrimSpace(v)
+		var err error
+		switch k {
+		case "ID":
+			out = append(out, PosixTimer{})
+			cur = &out[len(out)-1]
+			cur.ID, err = strconv.Atoi(v)
+		case "signal":
+			if cur == nil {
+				return nil, fmt.Errorf("%w: timers: signal before ID", ErrParse)
+			}
+			sig, val, _ := strings.Cut(v, "/")
+			if cur.Signo, err = strconv.Atoi(sig); err == nil {
+				cur.Value, err = strconv.ParseUint(val, 16, 64)
+			}
+		case "notify":
+			if cur == nil {
+				return nil, fmt.Errorf("%w: timers: notify before ID", ErrParse)
+			}
+			how, target, _ := strings.Cut(v, "/")
+			cur.Notify = how
+			_, id, _ := strings.Cut(target, ".")
+			cur.Pid, err = strconv.Atoi(id)
+		case "ClockID":
+			if cur == nil {
+				return nil, fmt.Errorf("%w: timers: ClockID before ID", ErrParse)
+			}
+			cur.Clock, err = strconv.Atoi(v)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: timers %s: %v", ErrParse, k, err)
+		}
+	}
+	return out, nil
+}

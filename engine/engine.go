@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"errors"
 	"os"
 )
 
@@ -75,11 +74,3 @@ type RestoreResult struct {
 	// Pids maps the PID of each restored process in its namespace to its host PID.
 	Pids map[int]int
 }
-
-// Errors.
-var (
-	// ErrUnsupported marks what the engine refuses to dump (or restore) yet.
-	ErrUnsupported = errors.New("not supported")
-	// ErrInvalidOptions marks bad options.
-	ErrInvalidOptions = errors.New("invalid options")
-)

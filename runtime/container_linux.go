@@ -461,4 +461,3 @@ func (c *Container) Update(r *specs.LinuxResources) error {
 	c.rec.Spec.Linux.Resources = r
 	return c.save()
 }
-

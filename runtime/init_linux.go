@@ -1,10 +1,10 @@
 package runtime
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"context"
 	"os"
 	goruntime "runtime"
 	"strconv"
@@ -378,5 +378,3 @@ func procStartTime(pid int) (uint64, error) {
 	}
 	return strconv.ParseUint(f[19], 10, 64)
 }
-
-

@@ -174,6 +174,12 @@ func (r *Runtime) Create(ctx context.Context, id string, opts CreateOpts) (_ *Co
 			sysattr.GidMappings = append(sysattr.GidMappings, syscall.SysProcIDMap{ContainerID: int(m.ContainerID), HostID: int(m.HostID), Size: int(m.Size)})
 		}
 		sysattr.GidMappingsEnableSetgroups = true
+		// The init must be root inside the new user namespace, or execve
+		// drops every capability it needs to set the container up.
+		if !mapsZero(spec.Linux.UIDMappings) || !mapsZero(spec.Linux.GIDMappings) {
+			return nil, fmt.Errorf("a new user namespace must map container uid and gid 0: %w", ErrInvalidConfig)
+		}
+		sysattr.Credential = &syscall.Credential{Uid: 0, Gid: 0}
 	}
 
 	dir := filepath.Join(r.root, id)
@@ -352,6 +358,15 @@ func (r *Runtime) Create(ctx context.Context, id string, opts CreateOpts) (_ *Co
 	return c, nil
 }
 
+func mapsZero(ms []specs.LinuxIDMapping) bool {
+	for _, m := range ms {
+		if m.ContainerID == 0 && m.Size > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // waitExec reads the init's last reports: "exec" then EOF (the sync socket is
 // close-on-exec) means the execve succeeded.
 func waitExec(dec *json.Decoder) error {
@@ -466,10 +481,11 @@ func dialConsole(path string) (*os.File, error) {
 }
 
 // startIn starts cmd inside the given namespaces. setns changes only the
-// calling thread, and fork happens on the calling thread, so a goroutine
-// locks a thread, enters the namespaces and forks there. The thread is never
-// unlocked: when the goroutine ends the Go runtime terminates it rather than
-// reuse a thread living in other namespaces.
+// calling thread and fork happens on the calling thread, so a goroutine locks
+// its thread, enters the namespaces, forks, and then moves the thread back
+// into its original namespaces before unlocking it (a thread left in a
+// container namespace would pin that namespace; if going back fails the
+// thread stays locked and the Go runtime terminates it with the goroutine).
 func startIn(joins []nsJoin, cmd *exec.Cmd) error {
 	if len(joins) == 0 {
 		return cmd.Start()
@@ -477,7 +493,25 @@ func startIn(joins []nsJoin, cmd *exec.Cmd) error {
 	ch := make(chan error, 1)
 	go func() {
 		goruntime.LockOSThread()
+		var restore []func() error
+		back := func() {
+			for i := len(restore) - 1; i >= 0; i-- {
+				if err := restore[i](); err != nil {
+					return // keep the thread locked: it dies with the goroutine
+				}
+			}
+			goruntime.UnlockOSThread()
+		}
+		defer back()
 		for _, j := range joins {
+			orig, err := os.Open("/proc/thread-self/ns/" + procNSName(j.name))
+			if err != nil {
+				ch <- fmt.Errorf("open own %s namespace: %w", j.name, err)
+				return
+			}
+			defer orig.Close()
+			flag := j.flag
+			restore = append(restore, func() error { return unix.Setns(int(orig.Fd()), flag) })
 			f, err := os.Open(j.path)
 			if err != nil {
 				ch <- fmt.Errorf("open %s namespace: %w", j.name, err)
@@ -493,6 +527,19 @@ func startIn(joins []nsJoin, cmd *exec.Cmd) error {
 		ch <- cmd.Start()
 	}()
 	return <-ch
+}
+
+// procNSName maps an OCI namespace type to its /proc/<pid>/ns entry.
+func procNSName(t string) string {
+	switch t {
+	case "network":
+		return "net"
+	case "mount":
+		return "mnt"
+	case "pid":
+		return "pid_for_children"
+	}
+	return t
 }
 
 func setOOMScoreAdj(pid int, adj *int) error {

@@ -297,7 +297,7 @@ func peek(p string) (*ListEntry, error) {
 	switch {
 	case fi.IsDir():
 		if err := checkLayoutDirs(p); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%s: %w", p, err)
 		}
 		if ib, err = readSmallFile(filepath.Join(p, ocispec.ImageIndexFile), maxIndexSize); err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
@@ -307,7 +307,7 @@ func peek(p string) (*ListEntry, error) {
 		}
 	case fi.Mode().IsRegular():
 		if ib, err = readArchiveIndex(p); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%s: %w", p, err)
 		}
 	default:
 		return nil, fmt.Errorf("%s: %w", p, ErrNotCheckpoint)

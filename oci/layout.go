@@ -44,7 +44,7 @@ func blobPath(root string, d digest.Digest) string {
 // name a path outside blobs/sha256 or need a hash this package does not link.
 func checkDigest(d digest.Digest) error {
 	if !strings.HasPrefix(string(d), string(digest.SHA256)+":") {
-		if i := strings.IndexByte(string(d), ':'); i > 0 && digest.Algorithm(d[:i]).Available() {
+		if a := d.Algorithm(); a == digest.SHA384 || a == digest.SHA512 {
 			return fmt.Errorf("%w: digest algorithm of %q", ErrUnsupported, d)
 		}
 		return fmt.Errorf("%w: digest %q", ErrInvalidImage, d)
@@ -334,24 +334,24 @@ func checkLayoutDirs(root string) error {
 	b, err := readSmallFile(filepath.Join(root, ocispec.ImageLayoutFile), 4096)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("%s: %w: no %s", root, ErrNotCheckpoint, ocispec.ImageLayoutFile)
+			return fmt.Errorf("%w: no %s", ErrNotCheckpoint, ocispec.ImageLayoutFile)
 		}
 		return err
 	}
 	var l ocispec.ImageLayout
 	if err := decodeStrictJSON(b, &l); err != nil {
-		return fmt.Errorf("%s: %w: %s: %w", root, ErrNotCheckpoint, ocispec.ImageLayoutFile, err)
+		return fmt.Errorf("%w: %s: %w", ErrNotCheckpoint, ocispec.ImageLayoutFile, err)
 	}
 	if l.Version != ocispec.ImageLayoutVersion {
-		return fmt.Errorf("%s: %w: image layout version %q", root, ErrUnsupported, l.Version)
+		return fmt.Errorf("%w: image layout version %q", ErrUnsupported, l.Version)
 	}
 	for _, d := range []string{ocispec.ImageBlobsDir, filepath.Join(ocispec.ImageBlobsDir, string(digest.SHA256))} {
 		fi, err := os.Lstat(filepath.Join(root, d))
 		if err != nil {
-			return fmt.Errorf("%s: %w: %w", root, ErrNotCheckpoint, err)
+			return fmt.Errorf("%w: %w", ErrNotCheckpoint, err)
 		}
 		if !fi.IsDir() {
-			return fmt.Errorf("%s: %w: %s is not a directory", root, ErrInvalidImage, d)
+			return fmt.Errorf("%w: %s is not a directory", ErrInvalidImage, d)
 		}
 	}
 	return nil

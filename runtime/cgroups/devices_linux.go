@@ -6,18 +6,17 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"github.com/containerd/cgroups/v3/cgroup2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
 
 // setDevicesV2 enforces the device rules on a v2 cgroup: it attaches a
-// BPF_CGROUP_DEVICE program built from the rules, then detaches every
+// BPF_CGROUP_DEVICE program built from the rules (deviceFilter), then detaches every
 // device program attached before, so that an update replaces the rules
 // (the new program is in place before the old one goes: no window without
 // a filter).
 func setDevicesV2(dir string, devs []specs.LinuxDeviceCgroup) error {
-	insts, license, err := cgroup2.DeviceFilter(devs)
+	insts, err := deviceFilter(devs)
 	if err != nil {
 		return fmt.Errorf("device filter for cgroup %s: %w", dir, err)
 	}
@@ -39,7 +38,7 @@ func setDevicesV2(dir string, devs []specs.LinuxDeviceCgroup) error {
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Type:         ebpf.CGroupDevice,
 		Instructions: insts,
-		License:      license,
+		License:      "Apache-2.0",
 	})
 	if err != nil {
 		return fmt.Errorf("load device program for cgroup %s: %w", dir, err)

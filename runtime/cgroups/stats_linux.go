@@ -8,8 +8,8 @@ import (
 )
 
 // Stats reads the statistics with containerd/cgroups' readers: cgroup1 for
-// the v1 controllers, cgroup2 for the v2 hierarchy. On a hybrid host the v2
-// part leaves out memory, which is a v1 controller there.
+// the v1 controllers, cgroup2 for the v2 hierarchy. The v2 part leaves out
+// memory when v2 has no memory controller (hybrid hosts).
 func (m *manager) Stats() (*Stats, error) {
 	var st Stats
 	if len(m.v1) > 0 {
@@ -27,8 +27,8 @@ func (m *manager) Stats() (*Stats, error) {
 			return nil, fmt.Errorf("stats of cgroup %s: %w", m.v2, err)
 		}
 		mask := cgroup2.StatAll
-		if m.mode != Unified {
-			mask = cgroup2.StatPids | cgroup2.StatCPU | cgroup2.StatIO | cgroup2.StatRdma | cgroup2.StatHugetlb
+		if !m.v2Has("memory") {
+			mask &^= cgroup2.StatMemory | cgroup2.StatMemoryEvents
 		}
 		if st.V2, err = cg.StatFiltered(mask); err != nil {
 			return nil, fmt.Errorf("stats of cgroup %s: %w", m.v2, err)

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cryo-run/cryo/oci"
+	"github.com/cryo-run/cryo/runtime/cgroups"
 )
 
 // CreateOpts configures Create.
@@ -194,10 +195,10 @@ func (r *Runtime) Create(ctx context.Context, id string, opts CreateOpts) (_ *Co
 		CgroupPath: spec.Linux.CgroupsPath, NoPivot: opts.NoPivot, NoNewKeyring: opts.NoNewKeyring, Spec: spec,
 	}}
 	if c.rec.CgroupPath == "" {
-		c.rec.CgroupPath = "/cryo/" + id
+		c.rec.CgroupPath = cgroups.DefaultPath(id)
 	}
 	var cmd *exec.Cmd
-	var cg cgroupManager
+	var cg cgroups.Manager
 	defer func() {
 		if retErr == nil {
 			return
@@ -288,14 +289,12 @@ func (r *Runtime) Create(ctx context.Context, id string, opts CreateOpts) (_ *Co
 	files = nil
 	pid := cmd.Process.Pid
 
-	if cg, err = newCgroup(c.rec.CgroupPath, spec.Linux.Resources); err != nil {
-		return nil, fmt.Errorf("cgroup %s: %w", c.rec.CgroupPath, err)
+	if cg, err = cgroups.New(c.rec.CgroupPath, withDefaultDevices(spec.Linux)); err != nil {
+		return nil, fmt.Errorf("cgroup of %s: %w", id, err)
 	}
+	c.rec.CgroupPath = cg.Path()
 	if err := cg.Apply(pid); err != nil {
 		return nil, err
-	}
-	if err := cg.Set(spec.Linux.Resources); err != nil {
-		return nil, fmt.Errorf("set cgroup resources: %w", err)
 	}
 	if err := setOOMScoreAdj(pid, proc.OOMScoreAdj); err != nil {
 		return nil, err
@@ -356,6 +355,39 @@ func (r *Runtime) Create(ctx context.Context, id string, opts CreateOpts) (_ *Co
 	c.cmd = cmd
 	c.cg = cg
 	return c, nil
+}
+
+// withDefaultDevices returns the resources with the device rules extended so
+// that the devices the runtime supplies (the spec's default devices, the pty
+// devices and every linux.devices entry) stay usable, as runc does: a spec
+// that denies all devices still gets /dev/null.
+func withDefaultDevices(l *specs.Linux) *specs.LinuxResources {
+	var r specs.LinuxResources
+	if l.Resources != nil {
+		r = *l.Resources
+	}
+	r.Devices = append([]specs.LinuxDeviceCgroup{}, r.Devices...)
+	i64 := func(v int64) *int64 { return &v }
+	allow := func(typ string, major, minor *int64) {
+		r.Devices = append(r.Devices, specs.LinuxDeviceCgroup{Allow: true, Type: typ, Major: major, Minor: minor, Access: "rwm"})
+	}
+	for _, d := range defaultDevices {
+		allow("c", i64(d.Major), i64(d.Minor))
+	}
+	allow("c", i64(5), i64(2)) // /dev/ptmx
+	allow("c", i64(136), nil)  // /dev/pts/*
+	allow("c", i64(5), i64(1)) // /dev/console
+	for _, d := range l.Devices {
+		typ := d.Type
+		if typ == "u" {
+			typ = "c"
+		}
+		if typ == "p" {
+			continue
+		}
+		allow(typ, i64(d.Major), i64(d.Minor))
+	}
+	return &r
 }
 
 func mapsZero(ms []specs.LinuxIDMapping) bool {

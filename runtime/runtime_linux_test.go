@@ -678,3 +678,34 @@ func TestInitELF(t *testing.T) {
 		t.Errorf("start after InitELF create: got %v, want ErrAlreadyStarted", err)
 	}
 }
+
+func TestSeccomp(t *testing.T) {
+	eperm := uint(1)
+	profile := &specs.LinuxSeccomp{
+		DefaultAction: specs.ActAllow,
+		Architectures: []specs.Arch{specs.ArchX86_64},
+		Syscalls: []specs.LinuxSyscall{{
+			Names: []string{"mkdir", "mkdirat"}, Action: specs.ActErrno, ErrnoRet: &eperm,
+		}},
+	}
+	for _, nnp := range []bool{true, false} {
+		t.Run(fmt.Sprintf("nnp=%v", nnp), func(t *testing.T) {
+			bundle, s := newBundle(t, "sleep", "100")
+			s.Linux.Seccomp = profile
+			s.Process.NoNewPrivileges = nnp
+			r := newRuntime(t)
+			c := startDetached(t, r, "sc", bundle, s)
+			code, out := execOutput(t, c, shProcess(s.Process, "mkdir /tmp/d; grep Seccomp: /proc/self/status; grep Seccomp: /proc/1/status"))
+			if code != 0 || !strings.Contains(out, "Operation not permitted") || strings.Count(out, "Seccomp:\t2") != 2 {
+				t.Fatalf("exit %d output %q, want mkdir refused and filter mode 2 in init and exec", code, out)
+			}
+		})
+	}
+	bundle, s := newBundle(t, "true")
+	s.Linux.Seccomp = &specs.LinuxSeccomp{DefaultAction: "SCMP_ACT_BOGUS"}
+	r := newRuntime(t)
+	if _, err := r.Create(context.Background(), "scbad", CreateOpts{Bundle: bundle, Spec: s}); err == nil {
+		t.Fatal("bad seccomp action accepted")
+	}
+	assertNoLeaks(t, r, "scbad", 0, s.Linux.CgroupsPath, bundle)
+}

@@ -446,6 +446,44 @@ func (c *Container) Update(r *specs.LinuxResources) error {
 	if err := cg.Set(r); err != nil {
 		return fmt.Errorf("update resources of %s: %w", c.rec.ID, err)
 	}
-	c.rec.Spec.Linux.Resources = r
+	// Record the merge: decoding r's JSON onto the current resources keeps
+	// every field r leaves unset.
+	cur := c.rec.Spec.Linux.Resources
+	if cur == nil {
+		cur = &specs.LinuxResources{}
+	}
+	data, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(data, cur); err != nil {
+		return err
+	}
+	c.rec.Spec.Linux.Resources = cur
 	return c.save()
+}
+
+// Stats reads the cgroup statistics of the container.
+func (c *Container) Stats() (*cgroups.Stats, error) {
+	st, err := c.Status()
+	if err != nil {
+		return nil, err
+	}
+	if st == Stopped {
+		return nil, ErrNotRunning
+	}
+	cg, err := c.Cgroup()
+	if err != nil {
+		return nil, err
+	}
+	return cg.Stats()
+}
+
+// OOMEvents reports OOM kills in the container's cgroup until ctx is done.
+func (c *Container) OOMEvents(ctx context.Context) (<-chan struct{}, error) {
+	cg, err := c.Cgroup()
+	if err != nil {
+		return nil, err
+	}
+	return cg.OOMEvents(ctx)
 }

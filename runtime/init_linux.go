@@ -62,8 +62,8 @@ func Reexec() bool {
 	sync := os.NewFile(initSyncFD, "sync")
 	err := runInit(sync)
 	// runInit only returns on failure; report it to whoever listens.
+	// The parent reports it; the container's stderr is not ours to write.
 	_ = json.NewEncoder(sync).Encode(syncMsg{Type: msgError, Error: err.Error()})
-	fmt.Fprintf(os.Stderr, "cryo init: %v\n", err)
 	os.Exit(255)
 	return true
 }

@@ -389,3 +389,126 @@ func TestCLIExecFlags(t *testing.T) {
 		t.Fatalf("ps after detached exec: %v", pids)
 	}
 }
+
+type statsEvent struct {
+	Type string
+	ID   string
+	Data struct {
+		V1 *struct {
+			Pids   *struct{ Current, Limit uint64 }
+			Memory *struct {
+				Usage *struct{ Limit uint64 }
+			}
+		}
+		V2 *struct {
+			Pids   *struct{ Current, Limit uint64 }
+			Memory *struct{ UsageLimit uint64 }
+		}
+	}
+}
+
+func (e statsEvent) pids() (cur, limit uint64) {
+	if e.Data.V1 != nil && e.Data.V1.Pids != nil {
+		return e.Data.V1.Pids.Current, e.Data.V1.Pids.Limit
+	}
+	if e.Data.V2 != nil && e.Data.V2.Pids != nil {
+		return e.Data.V2.Pids.Current, e.Data.V2.Pids.Limit
+	}
+	return 0, 0
+}
+
+func (e statsEvent) memLimit() uint64 {
+	if e.Data.V1 != nil && e.Data.V1.Memory != nil && e.Data.V1.Memory.Usage != nil {
+		return e.Data.V1.Memory.Usage.Limit
+	}
+	if e.Data.V2 != nil && e.Data.V2.Memory != nil {
+		return e.Data.V2.Memory.UsageLimit
+	}
+	return 0
+}
+
+func TestCLIUpdateAndEvents(t *testing.T) {
+	c := newCLI(t)
+	dir, _ := bundle(t, "sh", "-c", "sleep 100 & sleep 100 & wait")
+	id := "cli-upd"
+	c.ok("run", "-d", "--bundle", dir, id)
+	t.Cleanup(func() { c.run("delete", "-f", id) })
+	c.ok("update", "--memory", "64m", "--pids-limit", "20", id)
+	stats := func() statsEvent {
+		var ev statsEvent
+		if err := json.Unmarshal([]byte(c.ok("events", "--stats", id)), &ev); err != nil {
+			t.Fatal(err)
+		}
+		return ev
+	}
+	ev := stats()
+	if ev.Type != "stats" || ev.ID != id {
+		t.Fatalf("event: %+v", ev)
+	}
+	if _, limit := ev.pids(); limit != 20 {
+		t.Fatalf("pids limit after update: got %d, want 20", limit)
+	}
+	if l := ev.memLimit(); l != 64<<20 {
+		t.Fatalf("memory limit after update: got %d, want %d", l, 64<<20)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for cur, _ := ev.pids(); cur != 3 && time.Now().Before(deadline); cur, _ = ev.pids() {
+		time.Sleep(10 * time.Millisecond)
+		ev = stats()
+	}
+	if cur, _ := ev.pids(); cur != 3 {
+		t.Fatalf("pids current: got %d, want 3", cur)
+	}
+	res := filepath.Join(t.TempDir(), "res.json")
+	if err := os.WriteFile(res, []byte(`{"pids":{"limit":33}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.ok("update", "--resources", res, id)
+	if _, limit := stats().pids(); limit != 33 {
+		t.Fatalf("pids limit after --resources: got %d, want 33", limit)
+	}
+	// The record keeps both updates merged.
+	r, err := runtime.New(c.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct, err := r.Load(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rs := ct.Spec().Linux.Resources; rs.Memory == nil || *rs.Memory.Limit != 64<<20 || *rs.Pids.Limit != 33 {
+		t.Fatalf("recorded resources: %+v", rs)
+	}
+	if _, errs, code := c.run("update", "--kernel-memory", "1m", id); code != 1 || !strings.Contains(errs, "not supported") {
+		t.Fatalf("--kernel-memory: exit %d %q", code, errs)
+	}
+	// events streams stats lines until the container stops.
+	cmd := exec.Command(cryoBin, "--root", c.root, "events", "--interval", "50ms", id)
+	outF, _ := os.CreateTemp(t.TempDir(), "events")
+	cmd.Stdout = outF
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		b, _ := os.ReadFile(outF.Name())
+		if strings.Count(string(b), `"type":"stats"`) >= 3 {
+			break
+		}
+		if time.Now().After(deadline.Add(5 * time.Second)) {
+			t.Fatalf("events printed %q", b)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	c.ok("kill", "--all", id, "KILL")
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("events exit: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatal("events did not stop with the container")
+	}
+}

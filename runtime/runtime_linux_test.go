@@ -14,6 +14,8 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/cryo-run/cryo/engine"
 )
 
 // startDetached creates and starts a long-running container; cleanup
@@ -708,4 +710,41 @@ func TestSeccomp(t *testing.T) {
 		t.Fatal("bad seccomp action accepted")
 	}
 	assertNoLeaks(t, r, "scbad", 0, s.Linux.CgroupsPath, bundle)
+}
+
+// TestInitELFEngineStub starts the engine's restore stub as the container's
+// init: it must be PID 1 of the new namespaces, parked in pause().
+func TestInitELFEngineStub(t *testing.T) {
+	bundle, s := newBundle(t, "unused")
+	r := newRuntime(t)
+	ctx := context.Background()
+	c, err := r.Create(ctx, "stub", CreateOpts{Bundle: bundle, Spec: s, InitELF: engine.Stub()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Delete(ctx, true) })
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c.Pid()))
+		wchan, _ := os.ReadFile(fmt.Sprintf("/proc/%d/syscall", c.Pid()))
+		// syscall 34 is pause.
+		if strings.Contains(string(stat), ") S ") && strings.HasPrefix(string(wchan), "34 ") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stub not parked in pause(): stat %q syscall %q", stat, wchan)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.Pid()))
+	if !strings.Contains(string(status), fmt.Sprintf("NSpid:\t%d\t1\n", c.Pid())) {
+		t.Fatalf("stub is not PID 1:\n%s", status)
+	}
+	if st, _ := c.Status(); st != Running {
+		t.Fatalf("status %s, want running", st)
+	}
+	if err := c.Delete(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	assertNoLeaks(t, r, "stub", c.Pid(), s.Linux.CgroupsPath, bundle)
 }

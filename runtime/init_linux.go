@@ -114,6 +114,14 @@ func runInit(sync *os.File) error {
 	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
 		return fmt.Errorf("mark fds close-on-exec: %w", err)
 	}
+	if os.Getenv(initSendPidEnv) == "1" {
+		// Started through the nsenter stub: the parent cannot know this
+		// pid; the kernel translates it for the receiver.
+		cred := unix.UnixCredentials(&unix.Ucred{Pid: int32(os.Getpid()), Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid())})
+		if err := unix.Sendmsg(initSyncFD, []byte{0}, cred, nil, 0); err != nil {
+			return fmt.Errorf("send pid: %w", err)
+		}
+	}
 	dec := json.NewDecoder(sync)
 	enc := json.NewEncoder(sync)
 	var cfg initConfig

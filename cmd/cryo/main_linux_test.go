@@ -512,3 +512,31 @@ func TestCLIUpdateAndEvents(t *testing.T) {
 		t.Fatal("events did not stop with the container")
 	}
 }
+
+func TestCLIExecUserNamespace(t *testing.T) {
+	c := newCLI(t)
+	dir, s := bundle(t, "sleep", "100")
+	s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
+	s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 400000, Size: 65536}}
+	s.Linux.GIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 400000, Size: 65536}}
+	var mounts []specs.Mount
+	for _, m := range s.Mounts {
+		if m.Type != "cgroup" { // cgroup v1 cannot be mounted from a user namespace
+			mounts = append(mounts, m)
+		}
+	}
+	s.Mounts = mounts
+	writeSpec(t, dir, s)
+	for d := dir; d != "/tmp" && d != "/"; d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	id := "cli-userns"
+	c.ok("run", "-d", "--bundle", dir, id)
+	t.Cleanup(func() { c.run("delete", "-f", id) })
+	out, errs, code := c.run("exec", id, "sh", "-c", "id -u; head -1 /proc/self/uid_map; exit 4")
+	if code != 4 || !strings.HasPrefix(out, "0\n") || !strings.Contains(out, "400000") {
+		t.Fatalf("exec in user namespace: exit %d stdout %q stderr %q", code, out, errs)
+	}
+}

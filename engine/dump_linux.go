@@ -75,6 +75,11 @@ func Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) {
 
 	d := &dumper{opts: opts, byPid: map[int]*dtask{}, files: newFileTable()}
 	err := d.run(ctx)
+	if err == nil && opts.Commit != nil {
+		if err = opts.Commit(&d.result); err != nil {
+			err = fmt.Errorf("commit image: %w", err)
+		}
+	}
 	if ferr := d.finish(err == nil); ferr != nil {
 		if err == nil {
 			err = ferr

@@ -14,6 +14,8 @@ import (
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/cryo-run/cryo/runtime/cgroups"
 )
 
 // Container is one container under a Runtime's root.
@@ -22,7 +24,7 @@ type Container struct {
 	dir string
 	rec record
 	cmd *exec.Cmd // the init, when this process created it
-	cg  cgroupManager
+	cg  cgroups.Manager
 }
 
 // ID is the container id.
@@ -45,9 +47,9 @@ func (c *Container) StateDir() string { return c.dir }
 
 // Cgroup returns the container's cgroup manager (its Freeze/Thaw make it an
 // engine.Freezer).
-func (c *Container) Cgroup() (cgroupManager, error) {
+func (c *Container) Cgroup() (cgroups.Manager, error) {
 	if c.cg == nil {
-		cg, err := loadCgroup(c.rec.CgroupPath)
+		cg, err := cgroups.Load(c.rec.CgroupPath)
 		if err != nil {
 			return nil, fmt.Errorf("cgroup of %s: %w", c.rec.ID, err)
 		}
@@ -238,22 +240,8 @@ func (c *Container) signalAll(sig syscall.Signal) error {
 	if err != nil {
 		return err
 	}
-	pids, err := cg.Pids()
-	if err != nil {
-		return fmt.Errorf("list processes of %s: %w", c.rec.ID, err)
-	}
-	for _, p := range pids {
-		if err := unix.Kill(p, sig); err != nil && !errors.Is(err, unix.ESRCH) {
-			return fmt.Errorf("signal pid %d: %w", p, err)
-		}
-	}
-	if sig == unix.SIGKILL {
-		// A frozen task only dies once thawed.
-		if frozen, _ := cgroupFrozen(cg); frozen {
-			if err := cg.Thaw(); err != nil {
-				return err
-			}
-		}
+	if err := cg.Kill(sig); err != nil {
+		return fmt.Errorf("signal processes of %s: %w", c.rec.ID, err)
 	}
 	return nil
 }

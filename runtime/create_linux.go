@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cryo-run/cryo/oci"
+	"github.com/cryo-run/cryo/runtime/cgroups"
 )
 
 // CreateOpts configures Create.
@@ -174,6 +175,12 @@ func (r *Runtime) Create(ctx context.Context, id string, opts CreateOpts) (_ *Co
 			sysattr.GidMappings = append(sysattr.GidMappings, syscall.SysProcIDMap{ContainerID: int(m.ContainerID), HostID: int(m.HostID), Size: int(m.Size)})
 		}
 		sysattr.GidMappingsEnableSetgroups = true
+		// The init must be root inside the new user namespace, or execve
+		// drops every capability it needs to set the container up.
+		if !mapsZero(spec.Linux.UIDMappings) || !mapsZero(spec.Linux.GIDMappings) {
+			return nil, fmt.Errorf("a new user namespace must map container uid and gid 0: %w", ErrInvalidConfig)
+		}
+		sysattr.Credential = &syscall.Credential{Uid: 0, Gid: 0}
 	}
 
 	dir := filepath.Join(r.root, id)
@@ -188,10 +195,10 @@ func (r *Runtime) Create(ctx context.Context, id string, opts CreateOpts) (_ *Co
 		CgroupPath: spec.Linux.CgroupsPath, NoPivot: opts.NoPivot, NoNewKeyring: opts.NoNewKeyring, Spec: spec,
 	}}
 	if c.rec.CgroupPath == "" {
-		c.rec.CgroupPath = "/cryo/" + id
+		c.rec.CgroupPath = cgroups.DefaultPath(id)
 	}
 	var cmd *exec.Cmd
-	var cg cgroupManager
+	var cg cgroups.Manager
 	defer func() {
 		if retErr == nil {
 			return
@@ -298,14 +305,12 @@ func (r *Runtime) Create(ctx context.Context, id string, opts CreateOpts) (_ *Co
 	files = nil
 	pid := cmd.Process.Pid
 
-	if cg, err = newCgroup(c.rec.CgroupPath, spec.Linux.Resources); err != nil {
-		return nil, fmt.Errorf("cgroup %s: %w", c.rec.CgroupPath, err)
+	if cg, err = cgroups.New(c.rec.CgroupPath, withDefaultDevices(spec.Linux)); err != nil {
+		return nil, fmt.Errorf("cgroup of %s: %w", id, err)
 	}
+	c.rec.CgroupPath = cg.Path()
 	if err := cg.Apply(pid); err != nil {
 		return nil, err
-	}
-	if err := cg.Set(spec.Linux.Resources); err != nil {
-		return nil, fmt.Errorf("set cgroup resources: %w", err)
 	}
 	if err := setOOMScoreAdj(pid, proc.OOMScoreAdj); err != nil {
 		return nil, err
@@ -366,6 +371,48 @@ func (r *Runtime) Create(ctx context.Context, id string, opts CreateOpts) (_ *Co
 	c.cmd = cmd
 	c.cg = cg
 	return c, nil
+}
+
+// withDefaultDevices returns the resources with the device rules extended so
+// that the devices the runtime supplies (the spec's default devices, the pty
+// devices and every linux.devices entry) stay usable, as runc does: a spec
+// that denies all devices still gets /dev/null.
+func withDefaultDevices(l *specs.Linux) *specs.LinuxResources {
+	var r specs.LinuxResources
+	if l.Resources != nil {
+		r = *l.Resources
+	}
+	r.Devices = append([]specs.LinuxDeviceCgroup{}, r.Devices...)
+	i64 := func(v int64) *int64 { return &v }
+	allow := func(typ string, major, minor *int64) {
+		r.Devices = append(r.Devices, specs.LinuxDeviceCgroup{Allow: true, Type: typ, Major: major, Minor: minor, Access: "rwm"})
+	}
+	for _, d := range defaultDevices {
+		allow("c", i64(d.Major), i64(d.Minor))
+	}
+	allow("c", i64(5), i64(2)) // /dev/ptmx
+	allow("c", i64(136), nil)  // /dev/pts/*
+	allow("c", i64(5), i64(1)) // /dev/console
+	for _, d := range l.Devices {
+		typ := d.Type
+		if typ == "u" {
+			typ = "c"
+		}
+		if typ == "p" {
+			continue
+		}
+		allow(typ, i64(d.Major), i64(d.Minor))
+	}
+	return &r
+}
+
+func mapsZero(ms []specs.LinuxIDMapping) bool {
+	for _, m := range ms {
+		if m.ContainerID == 0 && m.Size > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // waitExec reads the init's last reports: "exec" then EOF (the sync socket is
@@ -482,10 +529,11 @@ func dialConsole(path string) (*os.File, error) {
 }
 
 // startIn starts cmd inside the given namespaces. setns changes only the
-// calling thread, and fork happens on the calling thread, so a goroutine
-// locks a thread, enters the namespaces and forks there. The thread is never
-// unlocked: when the goroutine ends the Go runtime terminates it rather than
-// reuse a thread living in other namespaces.
+// calling thread and fork happens on the calling thread, so a goroutine locks
+// its thread, enters the namespaces, forks, and then moves the thread back
+// into its original namespaces before unlocking it (a thread left in a
+// container namespace would pin that namespace; if going back fails the
+// thread stays locked and the Go runtime terminates it with the goroutine).
 func startIn(joins []nsJoin, cmd *exec.Cmd) error {
 	if len(joins) == 0 {
 		return cmd.Start()
@@ -493,7 +541,25 @@ func startIn(joins []nsJoin, cmd *exec.Cmd) error {
 	ch := make(chan error, 1)
 	go func() {
 		goruntime.LockOSThread()
+		var restore []func() error
+		back := func() {
+			for i := len(restore) - 1; i >= 0; i-- {
+				if err := restore[i](); err != nil {
+					return // keep the thread locked: it dies with the goroutine
+				}
+			}
+			goruntime.UnlockOSThread()
+		}
+		defer back()
 		for _, j := range joins {
+			orig, err := os.Open("/proc/thread-self/ns/" + procNSName(j.name))
+			if err != nil {
+				ch <- fmt.Errorf("open own %s namespace: %w", j.name, err)
+				return
+			}
+			defer orig.Close()
+			flag := j.flag
+			restore = append(restore, func() error { return unix.Setns(int(orig.Fd()), flag) })
 			f, err := os.Open(j.path)
 			if err != nil {
 				ch <- fmt.Errorf("open %s namespace: %w", j.name, err)
@@ -509,6 +575,19 @@ func startIn(joins []nsJoin, cmd *exec.Cmd) error {
 		ch <- cmd.Start()
 	}()
 	return <-ch
+}
+
+// procNSName maps an OCI namespace type to its /proc/<pid>/ns entry.
+func procNSName(t string) string {
+	switch t {
+	case "network":
+		return "net"
+	case "mount":
+		return "mnt"
+	case "pid":
+		return "pid_for_children"
+	}
+	return t
 }
 
 func setOOMScoreAdj(pid int, adj *int) error {

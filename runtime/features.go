@@ -30,7 +30,7 @@ func Features() *features.Features {
 			Namespaces:   []string{"cgroup", "ipc", "mount", "network", "pid", "time", "user", "uts"},
 			Capabilities: append([]string{}, capNames...),
 			Cgroup:       &features.Cgroup{V1: &t, V2: &t, Systemd: &f, SystemdUser: &f},
-			Seccomp:      &features.Seccomp{Enabled: &f},
+			Seccomp:      &features.Seccomp{Enabled: &t, Archs: []string{"SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"}},
 			Apparmor:     &features.Apparmor{Enabled: &f},
 			Selinux:      &features.Selinux{Enabled: &f},
 			IntelRdt:     &features.IntelRdt{Enabled: &f},

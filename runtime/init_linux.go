@@ -109,7 +109,11 @@ type syncMsg struct {
 }
 
 func runInit(sync *os.File) error {
-	unix.CloseOnExec(initSyncFD)
+	// Nothing this process inherited may reach the container's process:
+	// every fd above stdio is closed by the final execve.
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		return fmt.Errorf("mark fds close-on-exec: %w", err)
+	}
 	dec := json.NewDecoder(sync)
 	enc := json.NewEncoder(sync)
 	var cfg initConfig

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cryo-run/cryo/engine"
+	"github.com/cryo-run/cryo/runtime/cgroups"
 	"github.com/cryo-run/cryo/oci"
 )
 
@@ -164,7 +165,7 @@ func (c *Container) Checkpoint(ctx context.Context, opts CheckpointOpts) (_ *oci
 
 // pausedFreezer lets the engine freeze and thaw the container's cgroup.
 type pausedFreezer struct {
-	cg     cgroupManager
+	cg     cgroups.Manager
 	paused bool
 }
 

@@ -17,8 +17,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cryo-run/cryo/engine"
-	"github.com/cryo-run/cryo/runtime/cgroups"
 	"github.com/cryo-run/cryo/oci"
+	"github.com/cryo-run/cryo/runtime/cgroups"
 )
 
 // Version is the cryo version recorded in checkpoint images (set by main).

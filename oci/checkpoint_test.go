@@ -526,3 +526,23 @@ func TestPrecomputedDigests(t *testing.T) {
 		t.Errorf("malformed precomputed digest: got %v", err)
 	}
 }
+
+func TestWriteWithSync(t *testing.T) {
+	engine := makeEngineDir(t, engineFiles{"pages-1.img": randBytes(40, 100000), "r.img": []byte("r"), "d/x.img": []byte("x")})
+	dst := filepath.Join(t.TempDir(), "ckpt")
+	if _, err := WriteCheckpoint(dst, engine, testConfig("c"), WriteOptions{Sync: true, ChunkSize: 4096 * 5}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := OpenCheckpoint(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	work := filepath.Join(t.TempDir(), "w")
+	if err := c.Extract(work); err != nil {
+		t.Fatal(err)
+	}
+	if got := readTree(t, work); len(got) != 3 || !bytes.Equal(got["d/x.img"], []byte("x")) {
+		t.Errorf("extracted %v", keys(got))
+	}
+}

@@ -27,7 +27,7 @@ bin/cryo: FORCE
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/cryo
 
 bin/containerd-shim-cryo-v2: FORCE
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/containerd-shim-cryo-v2
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/containerd-shim-cryo-v2
 
 test: binaries ## run every test: unit, root (engine, runtime) and integration (real containerd)
 	$(GOTEST) -count=1 -p 1 -timeout 60m $(TESTFLAGS) ./...

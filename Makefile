@@ -24,7 +24,7 @@ build: ## compile every package
 	$(GO) build ./...
 
 bin/cryo: FORCE
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/cryo
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/cryo
 
 bin/containerd-shim-cryo-v2: FORCE
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/containerd-shim-cryo-v2

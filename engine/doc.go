@@ -1,0 +1,60 @@
+// Package engine is cryo's native checkpoint/restore engine: it saves a
+// running process tree to a directory of records and page files, and rebuilds
+// it later, from outside, without CRIU.
+//
+// # Dump
+//
+// The caller freezes the tree's cgroup (Freezer); the engine seizes every
+// thread with PTRACE_SEIZE (no PTRACE_O_EXITKILL: a checkpointer that dies
+// must leave its target running) and PTRACE_INTERRUPT, thaws, and waits for
+// every PTRACE_EVENT_STOP. KERNEL.md measured why this order matters: on a
+// v1-frozen task the stop only arrives after THAWED, on a v2-frozen one it
+// arrives while frozen, and freezing first is what keeps the set of tasks
+// stable while it is being seized.
+//
+// What /proc and ptrace tell from outside is read from outside: maps and
+// smaps, pagemap through the PAGEMAP_SCAN ioctl (present pages only),
+// status (NSpid, ids, credentials), stat (the mm_struct boundaries), auxv,
+// fdinfo, GETREGSET (NT_PRSTATUS and NT_X86_XSTATE), the signal mask,
+// PEEKSIGINFO, the rseq configuration, get_robust_list and prlimit. What
+// only the task itself can say (signal handlers, brk, sigaltstack, interval
+// timers, its clear-child-tid address) is asked by running system calls
+// inside the stopped task: the engine points rip at a `syscall` instruction
+// (a "gadget": any `0f 05` found in the task's [vdso]), loads rax and the
+// argument registers, single-steps it, and reads rax back. The saved
+// registers are put back before the task is detached, so an interrupted
+// system call restarts exactly as it would after a signal (KERNEL.md item 5).
+// Memory is copied with process_vm_readv in large batches (falling back to
+// /proc/PID/mem, which reads through PROT_NONE) into raw pages-<pid>.img
+// files; the records are JSON documents described by package image.
+//
+// A failed dump detaches every task with its registers and signal mask as
+// they were and thaws the tree: the target keeps running untouched. Anything
+// the engine cannot save yet (sockets, deleted files, ...) is refused at dump
+// time with an error naming the task, the fd or mapping, and what it is.
+//
+// # Restore
+//
+// The runtime starts the stub (Stub: a static ELF of a few instructions that
+// loops in pause()) as PID 1 of fresh namespaces. The engine seizes it,
+// creates the rest of the tree from it with injected clone3 calls whose
+// set_tid array asks for the exact PIDs of the dump (sessions and process
+// groups are rebuilt with setsid/setpgid injected in tree order), and then
+// rebuilds each stub from outside: map a private gadget page at an address
+// that no saved mapping uses, unmap everything else, move [vdso]/[vvar]/
+// [vvar_vclock] (by one delta, so the vdso keeps telling the time) to their
+// saved addresses, map every saved VMA with MAP_FIXED (files opened inside the
+// task, so paths resolve in its own mount namespace and root), write the pages
+// through /proc/PID/mem (which writes through read-only mappings), set the
+// mm_struct fields with PR_SET_MM_MAP, install the fds at their numbers,
+// cwd, umask, rlimits, signal handlers, rseq, robust list, credentials last,
+// and finally unmap the gadget, load the saved registers and xstate and
+// detach. A failed restore kills every task it created.
+//
+// All ptrace requests come from one locked OS thread (runtime.LockOSThread),
+// because the kernel only accepts requests from the thread that attached.
+//
+// The approach follows what CRIU (and gVisor's own save/restore for its
+// sandboxed tasks) taught: parasite-free here, since every question the
+// engine needs answered inside the task is a single system call.
+package engine

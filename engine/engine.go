@@ -1,0 +1,90 @@
+package engine
+
+import (
+	"errors"
+	"os"
+)
+
+// Freezer freezes/thaws the tasks being dumped (the container's cgroup).
+type Freezer interface {
+	Freeze() error
+	Thaw() error
+}
+
+// DumpOptions configure Dump.
+type DumpOptions struct {
+	// Pid is the host PID of the root task of the tree (the container's init).
+	Pid int
+	// Freezer freezes the tree while it is seized; nil seizes without freezing.
+	Freezer Freezer
+	// ImageDir receives the image (created 0700 if missing; must not hold an image).
+	ImageDir string
+	// LeaveRunning keeps the tree running after a successful dump; by default
+	// it is killed (runc's default).
+	LeaveRunning bool
+	// TCPEstablished, ExtUnixSockets, ShellJob and FileLocks are runc's
+	// checkpoint options. They are accepted for compatibility; the engine
+	// does not dump sockets or locks yet, and refuses trees that hold them
+	// whatever the options say.
+	TCPEstablished, ExtUnixSockets, ShellJob, FileLocks bool
+	// Commit, if set, runs once the image is complete, while every task is
+	// still stopped under ptrace, and before the tree is killed or resumed.
+	// An error from it fails the dump and the tree is left running, so a
+	// caller can make the image durable (pack it) before the tree dies.
+	Commit func(*DumpResult) error
+}
+
+// ProcessInfo summarises one dumped process.
+type ProcessInfo struct {
+	Pid      int      `json:"pid"` // in the tree's PID namespace
+	PPid     int      `json:"ppid"`
+	Comm     string   `json:"comm"`
+	Args     []string `json:"args,omitempty"`
+	Uid      uint32   `json:"uid"`
+	Gid      uint32   `json:"gid"`
+	Cwd      string   `json:"cwd"`
+	Threads  int      `json:"threads"`
+	MemBytes uint64   `json:"mem_bytes"` // bytes of page data dumped
+	Files    []string `json:"files,omitempty"`
+	Zombie   bool     `json:"zombie,omitempty"`
+}
+
+// DumpResult summarises a dump for the image config and `cryo inspect`.
+type DumpResult struct {
+	Processes []ProcessInfo `json:"processes"`
+	// PageBytes is the total size of the pages-*.img files.
+	PageBytes uint64 `json:"page_bytes"`
+	// PageFiles are the names of the page files written in ImageDir.
+	PageFiles []string `json:"page_files"`
+	// RecordFiles are the names of every other file written in ImageDir.
+	RecordFiles []string `json:"record_files"`
+	// Kernel is the release of the kernel the dump ran on.
+	Kernel string `json:"kernel"`
+}
+
+// RestoreOptions configure Restore.
+type RestoreOptions struct {
+	// ImageDir holds the files laid out as Dump wrote them.
+	ImageDir string
+	// Pid is the host PID of the stub: PID 1 of fresh namespaces, running Stub().
+	Pid int
+	// Stdio is what the restored tree's external stdio (the fds the tree
+	// inherited from outside, FdExternal in the records) is reconnected to.
+	// A nil entry keeps the stub's own fd of that number (the runtime starts
+	// the stub with the container's stdio, or /dev/null).
+	Stdio [3]*os.File
+}
+
+// RestoreResult describes the restored tree.
+type RestoreResult struct {
+	// Pids maps the PID of each restored process in its namespace to its host PID.
+	Pids map[int]int
+}
+
+// Errors.
+var (
+	// ErrUnsupported marks what the engine refuses to dump (or restore) yet.
+	ErrUnsupported = errors.New("not supported")
+	// ErrInvalidOptions marks bad options.
+	ErrInvalidOptions = errors.New("invalid options")
+)

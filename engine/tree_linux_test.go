@@ -1,0 +1,155 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cryo-run/cryo/integration/testutil"
+)
+
+type treeStatus struct {
+	Counter              int64
+	Pid, PPid, Pgid, Sid int
+}
+
+func readTreeStatus(dir, role string) (treeStatus, bool) {
+	data, err := os.ReadFile(filepath.Join(dir, role))
+	if err != nil {
+		return treeStatus{}, false
+	}
+	f := strings.Fields(string(data))
+	if len(f) != 5 {
+		return treeStatus{}, false
+	}
+	var s treeStatus
+	var v [5]int64
+	for i := range f {
+		n, err := strconv.ParseInt(f[i], 10, 64)
+		if err != nil {
+			return treeStatus{}, false
+		}
+		v[i] = n
+	}
+	s.Counter, s.Pid, s.PPid, s.Pgid, s.Sid = v[0], int(v[1]), int(v[2]), int(v[3]), int(v[4])
+	return s, true
+}
+
+var treeRoles = []string{"root", "a", "b", "c", "d"}
+
+// TestDumpRestoreTree checkpoints a tree with a zombie, a process group, a
+// session, a pipe holding bytes and a log file description shared by every
+// process, and checks all of it after restore.
+func TestDumpRestoreTree(t *testing.T) {
+	testutil.RequiresRoot(t)
+	bin := buildC(t, "tree")
+	dir := t.TempDir()
+	fz := newCgroupFreezer(t)
+	cmd := startInNewPidns(t, fz, bin, dir)
+	before := map[string]treeStatus{}
+	waitFor(t, "every process of the tree to report", func() bool {
+		for _, r := range treeRoles {
+			s, ok := readTreeStatus(dir, r)
+			if !ok || s.Counter < 20 {
+				return false
+			}
+			before[r] = s
+		}
+		return true
+	})
+	imgDir := filepath.Join(dir, "img")
+	res, err := Dump(context.Background(), DumpOptions{Pid: cmd.Process.Pid, Freezer: fz, ImageDir: imgDir})
+	if err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	_ = cmd.Wait()
+	if len(res.Processes) != 6 {
+		t.Fatalf("dumped %d processes, want 6 (5 live and a zombie): %+v", len(res.Processes), res.Processes)
+	}
+	for _, r := range treeRoles {
+		before[r], _ = readTreeStatus(dir, r)
+	}
+	logBefore, err := os.Stat(filepath.Join(dir, "log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	stub := startStub(t)
+	rres, err := Restore(context.Background(), RestoreOptions{ImageDir: imgDir, Pid: stub.Process.Pid})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	after := map[string]treeStatus{}
+	waitFor(t, "every restored process to count on", func() bool {
+		for _, r := range treeRoles {
+			s, ok := readTreeStatus(dir, r)
+			if !ok || s.Counter <= before[r].Counter+5 {
+				return false
+			}
+			after[r] = s
+		}
+		return true
+	})
+	for _, r := range treeRoles {
+		b, a := before[r], after[r]
+		if a.Counter > b.Counter+10000 {
+			t.Errorf("%s: counter %d -> %d", r, b.Counter, a.Counter)
+		}
+		if a.Pid != b.Pid || a.PPid != b.PPid || a.Pgid != b.Pgid || a.Sid != b.Sid {
+			t.Errorf("%s: ids %+v after restore, want %+v", r, a, b)
+		}
+		if _, ok := rres.Pids[a.Pid]; !ok {
+			t.Errorf("%s: pid %d not in the restore result %v", r, a.Pid, rres.Pids)
+		}
+	}
+	if after["a"].Pgid != after["a"].Pid || after["d"].Pgid != after["a"].Pid || after["b"].Sid != after["b"].Pid || after["c"].Sid != after["b"].Pid {
+		t.Errorf("groups and sessions: %+v", after)
+	}
+	// The log description is shared again: one offset for everyone.
+	root := rres.Pids[1]
+	for _, r := range treeRoles[1:] {
+		host := rres.Pids[after[r].Pid]
+		if same, err := kcmp(root, host, kcmpFile, 3, 3); err != nil || same != 0 {
+			t.Errorf("%s: log fd not shared with root (kcmp %d, %v)", r, same, err)
+		}
+	}
+	// The pipe still holds its bytes; the zombie is there to be reaped.
+	if err := os.WriteFile(filepath.Join(dir, "go"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var result string
+	waitFor(t, "root to read the pipe and reap the zombie", func() bool {
+		data, err := os.ReadFile(filepath.Join(dir, "result"))
+		result = strings.TrimSpace(string(data))
+		return err == nil && strings.HasSuffix(string(data), "\n")
+	})
+	want := fmt.Sprintf("hello-pipe %d %d", 2, 7<<8)
+	if result != want {
+		t.Errorf("result %q, want %q", result, want)
+	}
+	waitFor(t, "the log to grow", func() bool {
+		fi, err := os.Stat(filepath.Join(dir, "log"))
+		return err == nil && fi.Size() > logBefore.Size()+5
+	})
+	data, _ := os.ReadFile(filepath.Join(dir, "log"))
+	if strings.ContainsRune(string(data), 0) {
+		t.Errorf("log has holes: the shared offset was not restored")
+	}
+	for _, host := range rres.Pids {
+		if host == 0 {
+			continue
+		}
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", host)); err == nil {
+			if tp := tracerPid(t, host); tp != 0 {
+				t.Errorf("pid %d still traced by %d", host, tp)
+			}
+		}
+	}
+	_ = unix.Kill(stub.Process.Pid, unix.SIGKILL)
+}

@@ -1,0 +1,143 @@
+package runtime
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/cryo-run/cryo/integration/testutil"
+)
+
+func TestMain(m *testing.M) {
+	if Reexec() {
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// busyboxApplets are linked into every test rootfs.
+var busyboxApplets = []string{"sh", "cat", "echo", "ls", "sleep", "id", "hostname", "true", "false",
+	"mount", "grep", "touch", "readlink", "stat", "ps", "test", "kill", "wc", "head", "env", "pwd",
+	"umask", "ulimit", "dd", "mkdir", "rm", "uname", "domainname", "nproc"}
+
+// newBundle writes a bundle with a busybox rootfs and the default spec,
+// adjusted for tests (no terminal, writable root, unique cgroup path).
+func newBundle(t *testing.T, args ...string) (string, *specs.Spec) {
+	t.Helper()
+	testutil.RequiresRoot(t)
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		testutil.SkipOrFail(t, "busybox not installed (apt-get install busybox-static)")
+	}
+	bundle := t.TempDir()
+	rootfs := filepath.Join(bundle, "rootfs")
+	for _, d := range []string{"bin", "proc", "sys", "dev", "etc", "tmp", "root"} {
+		if err := os.MkdirAll(filepath.Join(rootfs, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	copyFile(t, bb, filepath.Join(rootfs, "bin/busybox"))
+	for _, a := range busyboxApplets {
+		if err := os.Symlink("busybox", filepath.Join(rootfs, "bin", a)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(rootfs, "etc/passwd"), []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := DefaultSpec()
+	s.Root.Readonly = false
+	s.Process.Terminal = false
+	s.Process.Args = args
+	s.Linux.CgroupsPath = "/cryo-runtime-test-" + sanitize(t.Name())
+	return bundle, s
+}
+
+func sanitize(name string) string {
+	return strings.NewReplacer("/", "-", " ", "_").Replace(name)
+}
+
+func copyFile(t *testing.T, src, dst string) {
+	t.Helper()
+	in, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		t.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func newRuntime(t *testing.T) *Runtime {
+	t.Helper()
+	r, err := New(filepath.Join(t.TempDir(), "root"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// runToExit creates and starts a container running args with stdout and
+// stderr captured, waits for it and deletes it. It returns the exit code and
+// the output.
+func runToExit(t *testing.T, r *Runtime, bundle string, s *specs.Spec) (int, string) {
+	t.Helper()
+	out, err := os.CreateTemp(t.TempDir(), "out")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	ctx := context.Background()
+	id := "rt-" + sanitize(t.Name())
+	c, err := r.Create(ctx, id, CreateOpts{Bundle: bundle, Spec: s, Stdout: out, Stderr: out})
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	t.Cleanup(func() { _ = c.Delete(ctx, true) })
+	if err := c.Start(ctx); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	code, err := c.Wait()
+	if err != nil {
+		t.Fatalf("wait: %v", err)
+	}
+	if err := c.Delete(ctx, false); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	b, err := os.ReadFile(out.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return code, string(b)
+}
+
+func TestRunBasic(t *testing.T) {
+	bundle, s := newBundle(t, "sh", "-c", `echo pid=$$; hostname; grep NSpid /proc/self/status; exit 3`)
+	r := newRuntime(t)
+	code, out := runToExit(t, r, bundle, s)
+	fmt.Println(out)
+	if code != 3 {
+		t.Fatalf("exit code: got %d, want 3 (output %q)", code, out)
+	}
+	if !strings.Contains(out, "pid=1\n") {
+		t.Fatalf("got %q, want pid=1", out)
+	}
+	if !strings.Contains(out, "cryo\n") {
+		t.Fatalf("got %q, want hostname cryo", out)
+	}
+}

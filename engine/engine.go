@@ -27,6 +27,11 @@ type DumpOptions struct {
 	// does not dump sockets or locks yet, and refuses trees that hold them
 	// whatever the options say.
 	TCPEstablished, ExtUnixSockets, ShellJob, FileLocks bool
+	// Commit, if set, runs once the image is complete, while every task is
+	// still stopped under ptrace, and before the tree is killed or resumed.
+	// An error from it fails the dump and the tree is left running, so a
+	// caller can make the image durable (pack it) before the tree dies.
+	Commit func(*DumpResult) error
 }
 
 // ProcessInfo summarises one dumped process.

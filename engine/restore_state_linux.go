@@ -123,6 +123,11 @@ func (r *restorer) installFd(rt *rtask, f image.Fd, base int) error {
 			if src, fresh, err = r.pipeEnd(rt, f, base); err != nil {
 				return err
 			}
+		case image.FdEventfd, image.FdEpoll, image.FdSignalfd, image.FdTimerfd:
+			if src, err = r.createAnon(rt, f); err != nil {
+				return err
+			}
+			fresh = true
 		case image.FdExternal:
 			if r.opts.Stdio[f.Stdio] != nil {
 				return fmt.Errorf("%w: reconnecting external stdio to RestoreOptions.Stdio; start the stub with that stdio instead", ErrUnsupported)
@@ -159,6 +164,99 @@ func (r *restorer) installFd(rt *rtask, f image.Fd, base int) error {
 	}
 	if _, ok := r.files[f.File]; !ok && f.Kind != image.FdExternal {
 		r.files[f.File] = holder{rt, f.Fd}
+	}
+	return nil
+}
+
+// createAnon creates an eventfd, epoll, signalfd or timerfd in the task.
+// Epoll targets are registered later (registerEpolls), once every fd exists.
+func (r *restorer) createAnon(rt *rtask, f image.Fd) (uint64, error) {
+	t := rt.lead()
+	le := binary.LittleEndian
+	nonblock := uint64(f.Flags) & unix.O_NONBLOCK
+	switch f.Kind {
+	case image.FdEventfd:
+		if f.EventfdCount > 0xffffffff {
+			return 0, fmt.Errorf("%w: eventfd count %d above 32 bits", ErrUnsupported, f.EventfdCount)
+		}
+		flags := nonblock | unix.O_CLOEXEC
+		if f.EventfdSemaphore {
+			flags |= unix.EFD_SEMAPHORE
+		}
+		return t.sys("eventfd2", unix.SYS_EVENTFD2, f.EventfdCount, flags)
+	case image.FdEpoll:
+		fd, err := t.sys("epoll_create1", unix.SYS_EPOLL_CREATE1, unix.EPOLL_CLOEXEC)
+		if err == nil && len(f.Epoll) > 0 {
+			r.epolls = append(r.epolls, epollReg{rt: rt, fd: f.Fd, targets: f.Epoll})
+		}
+		return fd, err
+	case image.FdSignalfd:
+		buf := make([]byte, 8)
+		le.PutUint64(buf, f.SignalfdMask)
+		if err := t.writeMem(r.scratch, buf); err != nil {
+			return 0, err
+		}
+		return t.sys("signalfd4", unix.SYS_SIGNALFD4, ^uint64(0), r.scratch, 8, nonblock|unix.O_CLOEXEC)
+	case image.FdTimerfd:
+		tf := f.Timerfd
+		fd, err := t.sys("timerfd_create", unix.SYS_TIMERFD_CREATE, uint64(tf.Clock), nonblock|unix.O_CLOEXEC)
+		if err != nil {
+			return 0, err
+		}
+		if tf.ValueNs != 0 || tf.IntervalNs != 0 {
+			buf := make([]byte, 32)
+			for i, v := range []int64{tf.IntervalNs / 1e9, tf.IntervalNs % 1e9, tf.ValueNs / 1e9, tf.ValueNs % 1e9} {
+				le.PutUint64(buf[8*i:], uint64(v))
+			}
+			if tf.ValueNs == 0 { // disarmed one-shot with a period: arm it for the period
+				le.PutUint64(buf[24:], 1)
+			}
+			if err := t.writeMem(r.scratch, buf); err != nil {
+				return 0, err
+			}
+			if _, err := t.sys("timerfd_settime", unix.SYS_TIMERFD_SETTIME, fd, 0, r.scratch, 0); err != nil {
+				return 0, err
+			}
+		}
+		if tf.Ticks > 0 {
+			buf := make([]byte, 8)
+			le.PutUint64(buf, tf.Ticks)
+			if err := t.writeMem(r.scratch, buf); err != nil {
+				return 0, err
+			}
+			if _, err := t.sys("ioctl(TFD_IOC_SET_TICKS)", unix.SYS_IOCTL, fd, tfdIocSetTicks, r.scratch); err != nil {
+				return 0, err
+			}
+		}
+		return fd, nil
+	}
+	return 0, fmt.Errorf("%w: fd kind %q", ErrUnsupported, f.Kind)
+}
+
+// tfdIocSetTicks is TFD_IOC_SET_TICKS, _IOW('T', 0, u64).
+const tfdIocSetTicks = 0x40085400
+
+type epollReg struct {
+	rt      *rtask
+	fd      int
+	targets []image.EpollTarget
+}
+
+// registerEpolls adds the saved targets to every restored epoll instance.
+func (r *restorer) registerEpolls() error {
+	for _, e := range r.epolls {
+		t := e.rt.lead()
+		buf := make([]byte, 12) // struct epoll_event is packed on x86-64
+		for _, tg := range e.targets {
+			binary.LittleEndian.PutUint32(buf, tg.Events)
+			binary.LittleEndian.PutUint64(buf[4:], tg.Data)
+			if err := t.writeMem(r.scratch, buf); err != nil {
+				return err
+			}
+			if _, err := t.sys("epoll_ctl", unix.SYS_EPOLL_CTL, uint64(e.fd), unix.EPOLL_CTL_ADD, uint64(tg.Fd), r.scratch); err != nil {
+				return fmt.Errorf("pid %d epoll fd %d target %d: %w", e.rt.rec.Pid, e.fd, tg.Fd, err)
+			}
+		}
 	}
 	return nil
 }
@@ -252,10 +350,18 @@ func (r *restorer) restoreTaskState(rt *rtask) error {
 	if _, err := t.sys("chdir "+rec.Cwd, unix.SYS_CHDIR, r.scratch); err != nil {
 		return err
 	}
+	lim := make([]byte, 16)
 	for _, l := range rec.Rlimits {
-		lim := unix.Rlimit{Cur: l.Cur, Max: l.Max}
-		if err := unix.Prlimit(rt.hostPid, l.Resource, &lim, nil); err != nil {
-			return fmt.Errorf("rlimit %d to %d/%d: %w", l.Resource, l.Cur, l.Max, err)
+		le.PutUint64(lim, l.Cur)
+		le.PutUint64(lim[8:], l.Max)
+		if err := t.writeMem(r.scratch, lim); err != nil {
+			return err
+		}
+		if _, err := t.sys(fmt.Sprintf("prlimit64 %d to %d/%d", l.Resource, l.Cur, l.Max), unix.SYS_PRLIMIT64, 0, uint64(l.Resource), r.scratch, 0); err != nil {
+			if errors.Is(err, unix.EPERM) {
+				return fmt.Errorf("%w (raising a hard limit needs CAP_SYS_RESOURCE)", err)
+			}
+			return err
 		}
 	}
 	buf := make([]byte, 32)
@@ -307,9 +413,37 @@ func (r *restorer) restoreTaskState(rt *rtask) error {
 			return err
 		}
 	}
+	if err := r.restoreSeccomp(rt); err != nil {
+		return err
+	}
 	// Credentials last: the set*id calls act on the calling thread only.
 	for _, th := range rt.threads {
 		if err := r.restoreCreds(th, &rec.Creds); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// restoreSeccomp installs the filters, oldest first, on every thread (TSYNC).
+func (r *restorer) restoreSeccomp(rt *rtask) error {
+	t := rt.lead()
+	const tsync = 1 // SECCOMP_FILTER_FLAG_TSYNC
+	for i, f := range rt.rec.Seccomp {
+		prog := r.scratch + 2*image.PageSize
+		if uint64(len(f.Prog)) > gadgetSize-3*image.PageSize {
+			return fmt.Errorf("%w: seccomp filter %d of %d instructions", ErrUnsupported, i, len(f.Prog)/8)
+		}
+		if err := t.writeMem(prog, f.Prog); err != nil {
+			return err
+		}
+		hdr := make([]byte, 16) // struct sock_fprog
+		binary.LittleEndian.PutUint16(hdr, uint16(len(f.Prog)/8))
+		binary.LittleEndian.PutUint64(hdr[8:], prog)
+		if err := t.writeMem(r.scratch, hdr); err != nil {
+			return err
+		}
+		if _, err := t.sys(fmt.Sprintf("seccomp filter %d", i), unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, f.Flags|tsync, r.scratch); err != nil {
 			return err
 		}
 	}
@@ -359,9 +493,35 @@ func (r *restorer) restoreThread(rt *rtask, t *tracee, th *image.Thread) error {
 	return nil
 }
 
+// restoreCreds sets the credentials of one thread (they are per thread):
+// bounding set, then ids with PR_SET_KEEPCAPS so that the permitted set
+// survives leaving uid 0, then the capability sets, then ambient ones.
 func (r *restorer) restoreCreds(t *tracee, c *image.Creds) error {
-	if c.Uid == [4]uint32{} && c.Gid == [4]uint32{} && len(c.Groups) == 0 {
-		return nil
+	const lastCap = 63
+	capLast := uint64(lastCap)
+	if data, err := os.ReadFile("/proc/sys/kernel/cap_last_cap"); err == nil {
+		fmt.Sscan(string(data), &capLast)
+	}
+	for cp := uint64(0); cp <= capLast; cp++ {
+		if c.CapBnd&(1<<cp) == 0 {
+			if _, err := t.sys(fmt.Sprintf("drop capability %d from the bounding set", cp), unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, cp); err != nil {
+				return err
+			}
+		}
+	}
+	if bits, err := t.sys("prctl(PR_GET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_GET_SECUREBITS); err != nil {
+		return err
+	} else if uint32(bits) != c.Securebits {
+		if _, err := t.sys("prctl(PR_SET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_SET_SECUREBITS, uint64(c.Securebits)); err != nil {
+			return err
+		}
+	}
+	const secureKeepCaps, secureKeepCapsLocked = 4, 5
+	keepLocked := c.Securebits&(1<<secureKeepCapsLocked) != 0
+	if !keepLocked {
+		if _, err := t.sys("prctl(PR_SET_KEEPCAPS)", unix.SYS_PRCTL, unix.PR_SET_KEEPCAPS, 1); err != nil {
+			return err
+		}
 	}
 	buf := make([]byte, 4*len(c.Groups)+4)
 	for i, g := range c.Groups {
@@ -382,7 +542,40 @@ func (r *restorer) restoreCreds(t *tracee, c *image.Creds) error {
 	if _, err := t.sys("setresuid", unix.SYS_SETRESUID, uint64(c.Uid[0]), uint64(c.Uid[1]), uint64(c.Uid[2])); err != nil {
 		return err
 	}
-	_, err := t.sys("setfsuid", unix.SYS_SETFSUID, uint64(c.Uid[3]))
+	if _, err := t.sys("setfsuid", unix.SYS_SETFSUID, uint64(c.Uid[3])); err != nil {
+		return err
+	}
+	// capset, _LINUX_CAPABILITY_VERSION_3: a header and two 32-bit halves.
+	hdr := make([]byte, 8+24)
+	le := binary.LittleEndian
+	le.PutUint32(hdr, 0x20080522)
+	for half := 0; half < 2; half++ {
+		sh := uint(32 * half)
+		le.PutUint32(hdr[8+12*half:], uint32(c.CapEff>>sh))
+		le.PutUint32(hdr[8+12*half+4:], uint32(c.CapPrm>>sh))
+		le.PutUint32(hdr[8+12*half+8:], uint32(c.CapInh>>sh))
+	}
+	if err := t.writeMem(r.scratch, hdr); err != nil {
+		return err
+	}
+	if _, err := t.sys("capset", unix.SYS_CAPSET, r.scratch, r.scratch+8); err != nil {
+		return err
+	}
+	for cp := uint64(0); cp <= capLast; cp++ {
+		if c.CapAmb&(1<<cp) != 0 {
+			if _, err := t.sys("raise ambient capability", unix.SYS_PRCTL, unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_RAISE, cp, 0, 0); err != nil {
+				return err
+			}
+		}
+	}
+	if keepLocked {
+		return nil
+	}
+	keep := uint64(0)
+	if c.Securebits&(1<<secureKeepCaps) != 0 {
+		keep = 1
+	}
+	_, err := t.sys("prctl(PR_SET_KEEPCAPS)", unix.SYS_PRCTL, unix.PR_SET_KEEPCAPS, keep)
 	return err
 }
 

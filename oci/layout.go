@@ -44,7 +44,8 @@ func blobPath(root string, d digest.Digest) string {
 // name a path outside blobs/sha256 or need a hash this package does not link.
 func checkDigest(d digest.Digest) error {
 	if !strings.HasPrefix(string(d), string(digest.SHA256)+":") {
-		if a := d.Algorithm(); a == digest.SHA384 || a == digest.SHA512 {
+		// (digest.Digest.Algorithm panics without a ':'.)
+		if alg, _, ok := strings.Cut(string(d), ":"); ok && (alg == string(digest.SHA384) || alg == string(digest.SHA512)) {
 			return fmt.Errorf("%w: digest algorithm of %q", ErrUnsupported, d)
 		}
 		return fmt.Errorf("%w: digest %q", ErrInvalidImage, d)

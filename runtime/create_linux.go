@@ -260,6 +260,22 @@ func (r *Runtime) Create(ctx context.Context, id string, opts CreateOpts) (_ *Co
 			p.Args = proc.Args
 		}
 		p.Terminal = false
+		// The ELF is the engine's restore stub: it is rebuilt from outside by
+		// injected system calls (clone3 with set_tid, PR_SET_MM_MAP, setresuid,
+		// capset...) and the engine sets the saved credentials, capabilities,
+		// no_new_privs and seccomp filter last. So it starts as root with every
+		// capability and no filter; the container's own settings still come
+		// from the checkpoint, never from this.
+		p.User = specs.User{UID: 0, GID: 0}
+		all := allCapNames()
+		p.Capabilities = &specs.LinuxCapabilities{Bounding: all, Effective: all, Permitted: all}
+		p.NoNewPrivileges = false
+		p.ApparmorProfile, p.SelinuxLabel = "", ""
+		linux := *spec.Linux
+		linux.Seccomp = nil
+		stubSpec := *spec
+		stubSpec.Linux = &linux
+		cfg.Spec = &stubSpec
 		cfg.Process = &p
 	}
 	if proc.Terminal {
@@ -597,4 +613,16 @@ func writePidFile(path string, pid int) error {
 		return fmt.Errorf("write pid file: %w", err)
 	}
 	return nil
+}
+
+// allCapNames lists every capability in this process's bounding set: the
+// most a restore stub may start with (never more than the caller has).
+func allCapNames() []string {
+	var out []string
+	for i := 0; i <= lastCap() && i < len(capNames); i++ {
+		if ok, err := unix.PrctlRetInt(unix.PR_CAPBSET_READ, uintptr(i), 0, 0, 0); err == nil && ok == 1 {
+			out = append(out, capNames[i])
+		}
+	}
+	return out
 }

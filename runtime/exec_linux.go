@@ -8,10 +8,13 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"syscall"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/cryo-run/cryo/runtime/internal/nsenter"
 )
 
 // ExecOpts configures Exec.
@@ -121,7 +124,17 @@ func (c *Container) Exec(ctx context.Context, opts ExecOpts) (*Process, error) {
 	if !c.initAlive() {
 		return nil, withMessage(ErrNotRunning, "cannot exec in a stopped container")
 	}
-	if differs["user"] || differs["time"] {
+	// User and time namespaces can only be joined by a single-threaded
+	// process: by the exec'd init itself before its Go runtime starts when
+	// the cgo constructor of package nsenter is linked in (the process stays
+	// our child), otherwise through the nsenter ELF stub (nsenter_linux.go).
+	var early []string
+	for _, name := range []string{"user", "time"} {
+		if differs[name] {
+			early = append(early, name)
+		}
+	}
+	if len(early) > 0 && (!nsenter.Available || c.rt.forceNsenterELF) {
 		return c.execViaNsenter(ctx, opts, differs)
 	}
 	var joins []nsJoin
@@ -160,8 +173,19 @@ func (c *Container) Exec(ctx context.Context, opts ExecOpts) (*Process, error) {
 		}
 		cfg.ConsoleFD = addFile(cs)
 	}
+	var setns []string
+	for _, name := range early {
+		f, err := os.Open(nsPath(name))
+		if err != nil {
+			return nil, fmt.Errorf("open %s namespace of %s: %w", name, c.rec.ID, err)
+		}
+		setns = append(setns, strconv.Itoa(addFile(f)))
+	}
 	cmd := exec.Command(c.rt.InitCommand[0], c.rt.InitCommand[1:]...)
 	cmd.Env = []string{initEnv + "=1"}
+	if len(setns) > 0 {
+		cmd.Env = append(cmd.Env, nsenter.Env+"="+strings.Join(setns, ","))
+	}
 	setStdio(cmd, opts.Stdin, opts.Stdout, opts.Stderr)
 	cmd.ExtraFiles = files
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: p.Terminal}

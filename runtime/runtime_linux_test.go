@@ -18,6 +18,7 @@ import (
 
 	"github.com/cryo-run/cryo/engine"
 	"github.com/cryo-run/cryo/integration/testutil"
+	"github.com/cryo-run/cryo/runtime/internal/nsenter"
 )
 
 // startDetached creates and starts a long-running container; cleanup
@@ -775,8 +776,19 @@ func TestNsenterCode(t *testing.T) {
 }
 
 // TestExecUserAndTimeNamespaces execs into a container that has its own
-// user and time namespaces, which only the nsenter stub can join.
+// user and time namespaces, which only a single-threaded process can join:
+// through the cgo constructor (when linked in) and through the nsenter ELF.
 func TestExecUserAndTimeNamespaces(t *testing.T) {
+	t.Run("constructor", func(t *testing.T) {
+		if !nsenter.Available {
+			t.Skip("built without cgo: the nsenter constructor is not linked in (the ELF path is tested below)")
+		}
+		testExecUserAndTime(t, false)
+	})
+	t.Run("elf", func(t *testing.T) { testExecUserAndTime(t, true) })
+}
+
+func testExecUserAndTime(t *testing.T, elf bool) {
 	bundle, s := newBundle(t, "sleep", "100")
 	s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace}, specs.LinuxNamespace{Type: specs.TimeNamespace})
 	s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 300000, Size: 65536}}
@@ -800,6 +812,7 @@ func TestExecUserAndTimeNamespaces(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) })
 	r := newRuntime(t)
+	r.forceNsenterELF = elf
 	c := startDetached(t, r, "usertime", bundle, s)
 	out, _ := os.CreateTemp(t.TempDir(), "out")
 	p := shProcess(s.Process, "id -u; cat /proc/self/uid_map; cat /proc/uptime; read x; exit 3")

@@ -25,6 +25,7 @@ func main() {
 	if runtime.Reexec() {
 		return
 	}
+	runtime.Version = version
 	app := newApp()
 	if err := app.Run(os.Args); err != nil {
 		var ee *exitError
@@ -57,6 +58,7 @@ func newApp() *cli.App {
 			createCommand, startCommand, runCommand, stateCommand, killCommand, deleteCommand,
 			listCommand, psCommand, specCommand, featuresCommand, execCommand,
 			pauseCommand, resumeCommand, updateCommand, eventsCommand,
+			checkpointCommand, restoreCommand, inspectCommand,
 		},
 	}
 	cli.VersionPrinter = func(c *cli.Context) {

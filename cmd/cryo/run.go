@@ -9,7 +9,6 @@ import (
 	"syscall"
 
 	"github.com/containerd/console"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/sirupsen/logrus"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
@@ -57,7 +56,7 @@ var runCommand = &cli.Command{
 			}
 		}
 		if !detach {
-			return waitForeground(ctx, c, tty, spec)
+			return waitForeground(ctx, c, tty, true)
 		}
 		if err := c.Start(ctx.Context); err != nil {
 			_ = c.Delete(ctx.Context, true)
@@ -67,15 +66,18 @@ var runCommand = &cli.Command{
 	},
 }
 
-// waitForeground starts c, forwards signals to its init, waits for it,
-// deletes it and returns its exit status.
-func waitForeground(ctx *cli.Context, c *runtime.Container, tty *ttyProxy, _ *specs.Spec) error {
+// waitForeground starts c (unless it runs already, as after a restore),
+// forwards signals to its init, waits for it, deletes it and returns its
+// exit status.
+func waitForeground(ctx *cli.Context, c *runtime.Container, tty *ttyProxy, start bool) error {
 	sigs := make(chan os.Signal, 16)
 	signal.Notify(sigs)
 	defer signal.Stop(sigs)
-	if err := c.Start(ctx.Context); err != nil {
-		_ = c.Delete(ctx.Context, true)
-		return err
+	if start {
+		if err := c.Start(ctx.Context); err != nil {
+			_ = c.Delete(ctx.Context, true)
+			return err
+		}
 	}
 	done := make(chan struct{})
 	go func() {

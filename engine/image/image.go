@@ -136,6 +136,8 @@ type Task struct {
 	Sigactions  []Sigaction `json:"sigactions,omitempty"`
 	Personality uint64      `json:"personality"`
 	Itimers     []Itimer    `json:"itimers,omitempty"`
+	// Seccomp are the task's seccomp filters, oldest first (every thread has the same).
+	Seccomp []SeccompFilter `json:"seccomp,omitempty"`
 	// SharedSigpending are the signals queued to the whole process.
 	SharedSigpending []Siginfo `json:"shared_sigpending,omitempty"`
 }
@@ -189,6 +191,21 @@ type Creds struct {
 	Groups []uint32  `json:"groups,omitempty"`
 	// NoNewPrivs is the PR_SET_NO_NEW_PRIVS bit.
 	NoNewPrivs bool `json:"no_new_privs,omitempty"`
+	// Capability sets (bit n = capability n) and securebits.
+	CapInh     uint64 `json:"cap_inh"`
+	CapPrm     uint64 `json:"cap_prm"`
+	CapEff     uint64 `json:"cap_eff"`
+	CapBnd     uint64 `json:"cap_bnd"`
+	CapAmb     uint64 `json:"cap_amb"`
+	Securebits uint32 `json:"securebits,omitempty"`
+}
+
+// SeccompFilter is one installed seccomp BPF program.
+type SeccompFilter struct {
+	// Flags are the SECCOMP_FILTER_FLAG_* it was installed with (LOG, SPEC_ALLOW).
+	Flags uint64 `json:"flags,omitempty"`
+	// Prog is the raw array of struct sock_filter (8 bytes per instruction).
+	Prog []byte `json:"prog"`
 }
 
 // Sigaction is a non-default signal disposition (struct kernel_sigaction).
@@ -282,7 +299,29 @@ const (
 	FdDevice   = "device"   // a character device reopened by path (/dev/null...)
 	FdPipe     = "pipe"     // one end of a pipe or FIFO of Inventory.Pipes
 	FdExternal = "external" // the stdio the tree was started with, reconnected at restore
+	FdEventfd  = "eventfd"  // an eventfd with its counter
+	FdEpoll    = "epoll"    // an epoll instance with its registered targets
+	FdSignalfd = "signalfd" // a signalfd with its mask
+	FdTimerfd  = "timerfd"  // a timerfd with its clock, remaining time and ticks
 )
+
+// EpollTarget is one fd registered in an epoll instance (the fd number in
+// the task that holds the epoll fd).
+type EpollTarget struct {
+	Fd     int    `json:"fd"`
+	Events uint32 `json:"events"`
+	Data   uint64 `json:"data"`
+}
+
+// Timerfd is the state of a timerfd.
+type Timerfd struct {
+	Clock int `json:"clock"`
+	// Ticks are the expirations not read yet.
+	Ticks uint64 `json:"ticks,omitempty"`
+	// ValueNs is the time left before the next expiration, IntervalNs the period.
+	ValueNs    int64 `json:"value_ns,omitempty"`
+	IntervalNs int64 `json:"interval_ns,omitempty"`
+}
 
 // Fd is one open file descriptor.
 type Fd struct {
@@ -300,6 +339,15 @@ type Fd struct {
 	Pipe uint64 `json:"pipe,omitempty"`
 	// Stdio is the index (0, 1, 2) of the restore stdio an external fd is reconnected to.
 	Stdio int `json:"stdio,omitempty"`
+	// EventfdCount and EventfdSemaphore describe an eventfd.
+	EventfdCount     uint64 `json:"eventfd_count,omitempty"`
+	EventfdSemaphore bool   `json:"eventfd_semaphore,omitempty"`
+	// Epoll lists the targets of an epoll instance.
+	Epoll []EpollTarget `json:"epoll,omitempty"`
+	// SignalfdMask is the signal mask of a signalfd.
+	SignalfdMask uint64 `json:"signalfd_mask,omitempty"`
+	// Timerfd is the state of a timerfd.
+	Timerfd *Timerfd `json:"timerfd,omitempty"`
 }
 
 // WriteFile writes a record as JSON into dir/name with mode 0600.

@@ -540,3 +540,25 @@ func TestCLIExecUserNamespace(t *testing.T) {
 		t.Fatalf("exec in user namespace: exit %d stdout %q stderr %q", code, out, errs)
 	}
 }
+
+func TestCLITerminal(t *testing.T) {
+	c := newCLI(t)
+	dir, s := bundle(t, "sh", "-c", "tty; exit 3")
+	s.Process.Terminal = true
+	writeSpec(t, dir, s)
+	// Without --detach and --console-socket, cryo run proxies the pty.
+	out, errs, code := c.run("run", "--bundle", dir, "cli-tty")
+	if code != 3 || !strings.Contains(out, "/dev/pts/0") {
+		t.Fatalf("run with terminal: exit %d stdout %q stderr %q", code, out, errs)
+	}
+	if _, errs, code := c.run("run", "-d", "--bundle", dir, "cli-tty2"); code != 1 || !strings.Contains(errs, "console socket") {
+		t.Fatalf("run -d with terminal and no console socket: exit %d %q", code, errs)
+	}
+	dir, _ = bundle(t, "sleep", "100")
+	c.ok("run", "-d", "--bundle", dir, "cli-tty3")
+	t.Cleanup(func() { c.run("delete", "-f", "cli-tty3") })
+	out, errs, code = c.run("exec", "-t", "cli-tty3", "sh", "-c", "tty; exit 6")
+	if code != 6 || !strings.Contains(out, "/dev/pts/") {
+		t.Fatalf("exec -t: exit %d stdout %q stderr %q", code, out, errs)
+	}
+}

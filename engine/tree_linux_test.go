@@ -2,11 +2,13 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -152,4 +154,55 @@ func TestDumpRestoreTree(t *testing.T) {
 		}
 	}
 	_ = unix.Kill(stub.Process.Pid, unix.SIGKILL)
+}
+
+// TestRestoreFailureKillsTree makes a restore fail half way (a file the tree
+// had open is gone) and checks that nothing it created is left alive.
+func TestRestoreFailureKillsTree(t *testing.T) {
+	testutil.RequiresRoot(t)
+	bin := buildC(t, "tree")
+	dir := t.TempDir()
+	cmd := startInNewPidns(t, nil, bin, dir)
+	waitFor(t, "the tree to report", func() bool {
+		for _, r := range treeRoles {
+			if s, ok := readTreeStatus(dir, r); !ok || s.Counter < 5 {
+				return false
+			}
+		}
+		return true
+	})
+	img := filepath.Join(dir, "img")
+	if _, err := Dump(context.Background(), DumpOptions{Pid: cmd.Process.Pid, ImageDir: img}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	_ = cmd.Wait()
+	if err := os.Remove(filepath.Join(dir, "log")); err != nil {
+		t.Fatal(err)
+	}
+	stub := startStub(t)
+	ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", stub.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Restore(context.Background(), RestoreOptions{ImageDir: img, Pid: stub.Process.Pid})
+	if err == nil {
+		t.Fatal("restore succeeded without the log file")
+	}
+	if !strings.Contains(err.Error(), filepath.Join(dir, "log")) || !errors.Is(err, unix.ENOENT) {
+		t.Fatalf("error %q does not name the missing file with ENOENT", err)
+	}
+	_ = stub.Wait()
+	if ws := stub.ProcessState.Sys().(syscall.WaitStatus); !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("stub ended with %v, want SIGKILL", stub.ProcessState)
+	}
+	// Nothing is left in the stub's PID namespace.
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		if _, err := strconv.Atoi(p.Name()); err != nil {
+			continue
+		}
+		if l, err := os.Readlink(filepath.Join("/proc", p.Name(), "ns/pid")); err == nil && l == ns {
+			t.Errorf("pid %s is still alive in the restore's namespace", p.Name())
+		}
+	}
 }

@@ -168,6 +168,12 @@ func (ft *fileTable) dumpFd(t *dtask, fd int) (*image.Fd, error) {
 		}
 		return nil, fmt.Errorf("%s%s: sockets are %w yet", target, socketKind(t.pid, fd), ErrUnsupported)
 	case strings.HasPrefix(target, "anon_inode:"):
+		if err := dumpAnon(out, target, fi); err != nil {
+			return nil, err
+		}
+		if out.Kind != "" {
+			return out, nil
+		}
 		return nil, fmt.Errorf("%s: %s files are %w yet", target, strings.TrimPrefix(target, "anon_inode:"), ErrUnsupported)
 	case !strings.HasPrefix(target, "/"):
 		return nil, fmt.Errorf("%s: this kind of file is %w yet", target, ErrUnsupported)
@@ -283,4 +289,49 @@ func socketKind(pid, fd int) string {
 		ty = fmt.Sprintf("type %d", typ)
 	}
 	return " (" + d + " " + ty + ")"
+}
+
+// dumpAnon fills out for the anonymous-inode files the engine knows; it
+// leaves out.Kind empty for the others.
+func dumpAnon(out *image.Fd, target string, fi *procfs.Fdinfo) error {
+	out.Pos = 0
+	hex := func(key string) (uint64, error) {
+		v, err := strconv.ParseUint(strings.TrimSpace(fi.Extra[key]), 16, 64)
+		if err != nil {
+			return 0, fmt.Errorf("%s: fdinfo %s %q: %w", target, key, fi.Extra[key], err)
+		}
+		return v, nil
+	}
+	var err error
+	switch target {
+	case "anon_inode:[eventfd]":
+		out.Kind = image.FdEventfd
+		if out.EventfdCount, err = hex("eventfd-count"); err != nil {
+			return err
+		}
+		out.EventfdSemaphore = strings.TrimSpace(fi.Extra["eventfd-semaphore"]) == "1"
+	case "anon_inode:[eventpoll]":
+		out.Kind = image.FdEpoll
+		tg, err := procfs.EpollTargets(fi.Extra["tfd"])
+		if err != nil {
+			return fmt.Errorf("%s: %w", target, err)
+		}
+		for _, x := range tg {
+			out.Epoll = append(out.Epoll, image.EpollTarget{Fd: x.Fd, Events: x.Events, Data: x.Data})
+		}
+	case "anon_inode:[signalfd]":
+		out.Kind = image.FdSignalfd
+		if out.SignalfdMask, err = hex("sigmask"); err != nil {
+			return err
+		}
+	case "anon_inode:[timerfd]":
+		tf, err := procfs.ParseTimerfd(fi)
+		if err != nil {
+			return fmt.Errorf("%s: %w", target, err)
+		}
+		out.Kind = image.FdTimerfd
+		out.Timerfd = &image.Timerfd{Clock: tf.Clock, Ticks: tf.Ticks,
+			ValueNs: tf.ValueSec*1e9 + tf.ValueNsec, IntervalNs: tf.IntervalSec*1e9 + tf.IntervNsec}
+	}
+	return nil
 }

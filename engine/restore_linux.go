@@ -60,6 +60,7 @@ type restorer struct {
 	// pipeEnds maps (pipe, is-read-end) to a task and fd that hold it.
 	pipeEnds map[pipeEnd]holder
 	pipes    map[uint64]*image.Pipe
+	epolls   []epollReg
 }
 
 type pipeEnd struct {
@@ -174,6 +175,9 @@ func (r *restorer) run(ctx context.Context) error {
 		if err := r.restoreFds(rt); err != nil {
 			return fmt.Errorf("pid %d: files: %w", rt.rec.Pid, err)
 		}
+	}
+	if err := r.registerEpolls(); err != nil {
+		return err
 	}
 	for _, rt := range r.tasks {
 		if rt.rec.Zombie {

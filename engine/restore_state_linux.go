@@ -123,6 +123,11 @@ func (r *restorer) installFd(rt *rtask, f image.Fd, base int) error {
 			if src, fresh, err = r.pipeEnd(rt, f, base); err != nil {
 				return err
 			}
+		case image.FdEventfd, image.FdEpoll, image.FdSignalfd, image.FdTimerfd:
+			if src, err = r.createAnon(rt, f); err != nil {
+				return err
+			}
+			fresh = true
 		case image.FdExternal:
 			if r.opts.Stdio[f.Stdio] != nil {
 				return fmt.Errorf("%w: reconnecting external stdio to RestoreOptions.Stdio; start the stub with that stdio instead", ErrUnsupported)
@@ -159,6 +164,99 @@ func (r *restorer) installFd(rt *rtask, f image.Fd, base int) error {
 	}
 	if _, ok := r.files[f.File]; !ok && f.Kind != image.FdExternal {
 		r.files[f.File] = holder{rt, f.Fd}
+	}
+	return nil
+}
+
+// createAnon creates an eventfd, epoll, signalfd or timerfd in the task.
+// Epoll targets are registered later (registerEpolls), once every fd exists.
+func (r *restorer) createAnon(rt *rtask, f image.Fd) (uint64, error) {
+	t := rt.lead()
+	le := binary.LittleEndian
+	nonblock := uint64(f.Flags) & unix.O_NONBLOCK
+	switch f.Kind {
+	case image.FdEventfd:
+		if f.EventfdCount > 0xffffffff {
+			return 0, fmt.Errorf("%w: eventfd count %d above 32 bits", ErrUnsupported, f.EventfdCount)
+		}
+		flags := nonblock | unix.O_CLOEXEC
+		if f.EventfdSemaphore {
+			flags |= unix.EFD_SEMAPHORE
+		}
+		return t.sys("eventfd2", unix.SYS_EVENTFD2, f.EventfdCount, flags)
+	case image.FdEpoll:
+		fd, err := t.sys("epoll_create1", unix.SYS_EPOLL_CREATE1, unix.EPOLL_CLOEXEC)
+		if err == nil && len(f.Epoll) > 0 {
+			r.epolls = append(r.epolls, epollReg{rt: rt, fd: f.Fd, targets: f.Epoll})
+		}
+		return fd, err
+	case image.FdSignalfd:
+		buf := make([]byte, 8)
+		le.PutUint64(buf, f.SignalfdMask)
+		if err := t.writeMem(r.scratch, buf); err != nil {
+			return 0, err
+		}
+		return t.sys("signalfd4", unix.SYS_SIGNALFD4, ^uint64(0), r.scratch, 8, nonblock|unix.O_CLOEXEC)
+	case image.FdTimerfd:
+		tf := f.Timerfd
+		fd, err := t.sys("timerfd_create", unix.SYS_TIMERFD_CREATE, uint64(tf.Clock), nonblock|unix.O_CLOEXEC)
+		if err != nil {
+			return 0, err
+		}
+		if tf.ValueNs != 0 || tf.IntervalNs != 0 {
+			buf := make([]byte, 32)
+			for i, v := range []int64{tf.IntervalNs / 1e9, tf.IntervalNs % 1e9, tf.ValueNs / 1e9, tf.ValueNs % 1e9} {
+				le.PutUint64(buf[8*i:], uint64(v))
+			}
+			if tf.ValueNs == 0 { // disarmed one-shot with a period: arm it for the period
+				le.PutUint64(buf[24:], 1)
+			}
+			if err := t.writeMem(r.scratch, buf); err != nil {
+				return 0, err
+			}
+			if _, err := t.sys("timerfd_settime", unix.SYS_TIMERFD_SETTIME, fd, 0, r.scratch, 0); err != nil {
+				return 0, err
+			}
+		}
+		if tf.Ticks > 0 {
+			buf := make([]byte, 8)
+			le.PutUint64(buf, tf.Ticks)
+			if err := t.writeMem(r.scratch, buf); err != nil {
+				return 0, err
+			}
+			if _, err := t.sys("ioctl(TFD_IOC_SET_TICKS)", unix.SYS_IOCTL, fd, tfdIocSetTicks, r.scratch); err != nil {
+				return 0, err
+			}
+		}
+		return fd, nil
+	}
+	return 0, fmt.Errorf("%w: fd kind %q", ErrUnsupported, f.Kind)
+}
+
+// tfdIocSetTicks is TFD_IOC_SET_TICKS, _IOW('T', 0, u64).
+const tfdIocSetTicks = 0x40085400
+
+type epollReg struct {
+	rt      *rtask
+	fd      int
+	targets []image.EpollTarget
+}
+
+// registerEpolls adds the saved targets to every restored epoll instance.
+func (r *restorer) registerEpolls() error {
+	for _, e := range r.epolls {
+		t := e.rt.lead()
+		buf := make([]byte, 12) // struct epoll_event is packed on x86-64
+		for _, tg := range e.targets {
+			binary.LittleEndian.PutUint32(buf, tg.Events)
+			binary.LittleEndian.PutUint64(buf[4:], tg.Data)
+			if err := t.writeMem(r.scratch, buf); err != nil {
+				return err
+			}
+			if _, err := t.sys("epoll_ctl", unix.SYS_EPOLL_CTL, uint64(e.fd), unix.EPOLL_CTL_ADD, uint64(tg.Fd), r.scratch); err != nil {
+				return fmt.Errorf("pid %d epoll fd %d target %d: %w", e.rt.rec.Pid, e.fd, tg.Fd, err)
+			}
+		}
 	}
 	return nil
 }

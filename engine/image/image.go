@@ -282,7 +282,29 @@ const (
 	FdDevice   = "device"   // a character device reopened by path (/dev/null...)
 	FdPipe     = "pipe"     // one end of a pipe or FIFO of Inventory.Pipes
 	FdExternal = "external" // the stdio the tree was started with, reconnected at restore
+	FdEventfd  = "eventfd"  // an eventfd with its counter
+	FdEpoll    = "epoll"    // an epoll instance with its registered targets
+	FdSignalfd = "signalfd" // a signalfd with its mask
+	FdTimerfd  = "timerfd"  // a timerfd with its clock, remaining time and ticks
 )
+
+// EpollTarget is one fd registered in an epoll instance (the fd number in
+// the task that holds the epoll fd).
+type EpollTarget struct {
+	Fd     int    `json:"fd"`
+	Events uint32 `json:"events"`
+	Data   uint64 `json:"data"`
+}
+
+// Timerfd is the state of a timerfd.
+type Timerfd struct {
+	Clock int `json:"clock"`
+	// Ticks are the expirations not read yet.
+	Ticks uint64 `json:"ticks,omitempty"`
+	// ValueNs is the time left before the next expiration, IntervalNs the period.
+	ValueNs    int64 `json:"value_ns,omitempty"`
+	IntervalNs int64 `json:"interval_ns,omitempty"`
+}
 
 // Fd is one open file descriptor.
 type Fd struct {
@@ -300,6 +322,15 @@ type Fd struct {
 	Pipe uint64 `json:"pipe,omitempty"`
 	// Stdio is the index (0, 1, 2) of the restore stdio an external fd is reconnected to.
 	Stdio int `json:"stdio,omitempty"`
+	// EventfdCount and EventfdSemaphore describe an eventfd.
+	EventfdCount     uint64 `json:"eventfd_count,omitempty"`
+	EventfdSemaphore bool   `json:"eventfd_semaphore,omitempty"`
+	// Epoll lists the targets of an epoll instance.
+	Epoll []EpollTarget `json:"epoll,omitempty"`
+	// SignalfdMask is the signal mask of a signalfd.
+	SignalfdMask uint64 `json:"signalfd_mask,omitempty"`
+	// Timerfd is the state of a timerfd.
+	Timerfd *Timerfd `json:"timerfd,omitempty"`
 }
 
 // WriteFile writes a record as JSON into dir/name with mode 0600.

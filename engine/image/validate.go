@@ -103,13 +103,25 @@ func (t *Task) Validate() error {
 			if f.Path == "" || f.Path[0] != '/' {
 				return bad("task %d fd %d: path %q is not absolute", t.Pid, f.Fd, f.Path)
 			}
-		case FdPipe:
+		case FdPipe, FdEventfd, FdSignalfd:
+		case FdTimerfd:
+			if f.Timerfd == nil {
+				return bad("task %d fd %d: timerfd without state", t.Pid, f.Fd)
+			}
+		case FdEpoll:
 		case FdExternal:
 			if f.Stdio < 0 || f.Stdio > 2 {
 				return bad("task %d fd %d: stdio index %d", t.Pid, f.Fd, f.Stdio)
 			}
 		default:
 			return bad("task %d fd %d: kind %q", t.Pid, f.Fd, f.Kind)
+		}
+	}
+	for _, f := range t.Fds {
+		for _, tg := range f.Epoll {
+			if !fds[tg.Fd] {
+				return bad("task %d fd %d: epoll target fd %d is not open", t.Pid, f.Fd, tg.Fd)
+			}
 		}
 	}
 	for _, s := range t.Sigactions {

@@ -341,3 +341,80 @@ func ParseFdinfo(data []byte) (*Fdinfo, error) {
 	}
 	return fi, nil
 }
+
+// EpollTarget is one "tfd:" line of an epoll fdinfo.
+type EpollTarget struct {
+	Fd     int
+	Events uint32
+	Data   uint64
+}
+
+// EpollTargets parses the tfd lines of an epoll fdinfo (Fdinfo.Extra["tfd"]).
+func EpollTargets(extra string) ([]EpollTarget, error) {
+	var out []EpollTarget
+	for _, line := range strings.Split(extra, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		// "7 events: 19 data: 7 pos:0 ino:... sdev:..." (the "tfd:" key was cut)
+		if len(f) < 5 || f[1] != "events:" || f[3] != "data:" {
+			return nil, fmt.Errorf("%w: epoll target %q", ErrParse, line)
+		}
+		fd, err1 := strconv.Atoi(f[0])
+		ev, err2 := strconv.ParseUint(f[2], 16, 32)
+		data, err3 := strconv.ParseUint(f[4], 16, 64)
+		if err1 != nil || err2 != nil || err3 != nil {
+			return nil, fmt.Errorf("%w: epoll target %q", ErrParse, line)
+		}
+		out = append(out, EpollTarget{Fd: fd, Events: uint32(ev), Data: data})
+	}
+	return out, nil
+}
+
+// Timerfd is the state of a timerfd from its fdinfo.
+type Timerfd struct {
+	Clock                   int
+	Ticks                   uint64
+	SettimeFlags            int
+	ValueSec, ValueNsec     int64
+	IntervalSec, IntervNsec int64
+}
+
+func pair(v string) (int64, int64, error) {
+	v = strings.Trim(v, "() ")
+	a, b, ok := strings.Cut(v, ",")
+	if !ok {
+		return 0, 0, fmt.Errorf("%w: pair %q", ErrParse, v)
+	}
+	x, err1 := strconv.ParseInt(strings.TrimSpace(a), 10, 64)
+	y, err2 := strconv.ParseInt(strings.TrimSpace(b), 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, 0, fmt.Errorf("%w: pair %q", ErrParse, v)
+	}
+	return x, y, nil
+}
+
+// ParseTimerfd reads the timerfd lines of an fdinfo.
+func ParseTimerfd(fi *Fdinfo) (*Timerfd, error) {
+	var t Timerfd
+	var err error
+	if t.Clock, err = strconv.Atoi(fi.Extra["clockid"]); err != nil {
+		return nil, fmt.Errorf("%w: timerfd clockid", ErrParse)
+	}
+	if t.Ticks, err = strconv.ParseUint(fi.Extra["ticks"], 10, 64); err != nil {
+		return nil, fmt.Errorf("%w: timerfd ticks", ErrParse)
+	}
+	fl, err := strconv.ParseUint(fi.Extra["settime flags"], 8, 32)
+	if err != nil {
+		return nil, fmt.Errorf("%w: timerfd flags", ErrParse)
+	}
+	t.SettimeFlags = int(fl)
+	if t.ValueSec, t.ValueNsec, err = pair(fi.Extra["it_value"]); err != nil {
+		return nil, err
+	}
+	if t.IntervalSec, t.IntervNsec, err = pair(fi.Extra["it_interval"]); err != nil {
+		return nil, err
+	}
+	return &t, nil
+}

@@ -94,3 +94,28 @@ func FuzzParseStatusFdinfo(f *testing.F) {
 		_, _ = ParseFdinfo(data)
 	})
 }
+
+func TestEpollAndTimerfd(t *testing.T) {
+	fi, err := ParseFdinfo([]byte("pos:\t0\nflags:\t02\nmnt_id:\t15\nino:\t1057\ntfd:        7 events:       19 data:                7  pos:0 ino:1a sdev:f\ntfd:       10 events: 80000019 data:     7f0000000001  pos:0 ino:1b sdev:f\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg, err := EpollTargets(fi.Extra["tfd"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tg) != 2 || tg[0].Fd != 7 || tg[0].Events != 0x19 || tg[1].Events != 0x80000019 || tg[1].Data != 0x7f0000000001 {
+		t.Errorf("got %+v", tg)
+	}
+	fi, err = ParseFdinfo([]byte("pos:\t0\nflags:\t02\nmnt_id:\t15\nino:\t1057\nclockid: 1\nticks: 3\nsettime flags: 01\nit_value: (0, 5000)\nit_interval: (2, 7)\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tf, err := ParseTimerfd(fi)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tf.Clock != 1 || tf.Ticks != 3 || tf.SettimeFlags != 1 || tf.ValueNsec != 5000 || tf.IntervalSec != 2 || tf.IntervNsec != 7 {
+		t.Errorf("got %+v", tf)
+	}
+}

@@ -1,0 +1,90 @@
+package engine
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cryo-run/cryo/integration/testutil"
+)
+
+func buildGo(t testing.TB, src string) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), strings.TrimSuffix(src, ".go"))
+	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", out, filepath.Join("testdata", src))
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", src, err, b)
+	}
+	return out
+}
+
+func readInts(path string, n int) ([]int64, bool) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, false
+	}
+	f := strings.Fields(string(data))
+	if len(f) != n {
+		return nil, false
+	}
+	out := make([]int64, n)
+	for i := range f {
+		v, err := strconv.ParseInt(f[i], 10, 64)
+		if err != nil {
+			return nil, false
+		}
+		out[i] = v
+	}
+	return out, true
+}
+
+// TestDumpRestoreGo checkpoints a static Go program: threads, futexes,
+// sigaltstacks, the epoll+eventfd netpoller, timers and signal handling.
+func TestDumpRestoreGo(t *testing.T) {
+	testutil.RequiresRoot(t)
+	bin := buildGo(t, "gocounter.go")
+	dir := t.TempDir()
+	status := filepath.Join(dir, "status")
+	fz := newCgroupFreezer(t)
+	cmd := startInNewPidns(t, fz, bin, status)
+	waitFor(t, "the Go program to tick", func() bool {
+		v, ok := readInts(status, 5)
+		return ok && v[0] > 50
+	})
+	imgDir := filepath.Join(dir, "img")
+	res, err := Dump(context.Background(), DumpOptions{Pid: cmd.Process.Pid, Freezer: fz, ImageDir: imgDir})
+	if err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	_ = cmd.Wait()
+	before, _ := readInts(status, 5)
+	t.Logf("dumped %d threads, %d bytes of pages", res.Processes[0].Threads, res.PageBytes)
+	stub := startStub(t)
+	if _, err := Restore(context.Background(), RestoreOptions{ImageDir: imgDir, Pid: stub.Process.Pid}); err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	var after []int64
+	waitFor(t, "the restored Go program to tick on", func() bool {
+		v, ok := readInts(status, 5)
+		after = v
+		return ok && v[0] > before[0]+50 && v[1] > before[1]+50
+	})
+	if after[0] > before[0]+100000 || after[2] != 1 || after[4] != 1 {
+		t.Fatalf("status %v after restore, before %v", after, before)
+	}
+	if err := unix.Kill(stub.Process.Pid, unix.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "SIGUSR1 to reach the restored signal.Notify", func() bool {
+		v, ok := readInts(status, 5)
+		return ok && v[3] == before[3]+1
+	})
+}

@@ -129,6 +129,9 @@ func (d *dumper) run(ctx context.Context) error {
 	if err := d.files.dumpPipes(&d.inv); err != nil {
 		return err
 	}
+	if err := d.dumpSockets(); err != nil {
+		return err
+	}
 	for _, t := range d.tasks {
 		d.inv.Tasks = append(d.inv.Tasks, t.nspid)
 		name := image.TaskFile(t.nspid)
@@ -309,6 +312,9 @@ func (d *dumper) waitSeized(t *dtask, th *tracee) error {
 func (d *dumper) finish(ok bool) error {
 	kill := ok && !d.opts.LeaveRunning
 	var errs []error
+	if err := d.files.releaseSockets(kill); err != nil {
+		errs = append(errs, err)
+	}
 	// Undo what injection changed: the scratch mapping, registers, signal mask,
 	// and queue back the signals intercepted while seizing.
 	for _, t := range d.tasks {

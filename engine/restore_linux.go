@@ -61,6 +61,7 @@ type restorer struct {
 	pipeEnds map[pipeEnd]holder
 	pipes    map[uint64]*image.Pipe
 	epolls   []epollReg
+	socks    *sockRestore // fd_socket_restore_linux.go
 }
 
 type pipeEnd struct {
@@ -119,7 +120,10 @@ func (r *restorer) killAll() {
 			_ = unix.Kill(rt.hostPid, unix.SIGKILL)
 		}
 	}
-	for _, rt := range r.tasks {
+	// Children first: a dying PID 1 waits for its children, whose exit the
+	// tracer must collect before anyone can reap them.
+	for i := len(r.tasks) - 1; i >= 0; i-- {
+		rt := r.tasks[i]
 		for _, th := range rt.threads {
 			th.close()
 			// Collect the ptrace exit notification so the real parent can reap.
@@ -168,6 +172,9 @@ func (r *restorer) run(ctx context.Context) error {
 			return fmt.Errorf("pid %d: memory: %w", rt.rec.Pid, err)
 		}
 	}
+	if err := r.prepareSockets(); err != nil {
+		return err
+	}
 	for _, rt := range r.tasks {
 		if rt.rec.Zombie {
 			continue
@@ -175,6 +182,9 @@ func (r *restorer) run(ctx context.Context) error {
 		if err := r.restoreFds(rt); err != nil {
 			return fmt.Errorf("pid %d: files: %w", rt.rec.Pid, err)
 		}
+	}
+	if err := r.finishSockets(); err != nil {
+		return err
 	}
 	if err := r.registerEpolls(); err != nil {
 		return err

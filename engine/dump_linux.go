@@ -47,6 +47,7 @@ type dumper struct {
 	frozen bool
 	inv    image.Inventory
 	files  *fileTable
+	shmems *shmemTable
 	result DumpResult
 }
 
@@ -73,7 +74,8 @@ func Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
-	d := &dumper{opts: opts, byPid: map[int]*dtask{}, files: newFileTable()}
+	d := &dumper{opts: opts, byPid: map[int]*dtask{}, files: newFileTable(), shmems: newShmemTable(opts.ImageDir)}
+	d.files.shmems = d.shmems
 	err := d.run(ctx)
 	if ferr := d.finish(err == nil); ferr != nil {
 		if err == nil {
@@ -120,6 +122,8 @@ func (d *dumper) run(ctx context.Context) error {
 	var uts unix.Utsname
 	_ = unix.Uname(&uts)
 	d.inv = image.Inventory{Header: image.NewHeader(), Kernel: unix.ByteSliceToString(uts.Release[:])}
+	// The tree is stopped: its clocks stop here.
+	d.inv.Monotonic, d.inv.Boottime = treeClocks(d.tasks[0].pid)
 	d.result.Kernel = d.inv.Kernel
 	for _, t := range d.tasks {
 		if err := d.dumpTask(ctx, t); err != nil {
@@ -132,6 +136,9 @@ func (d *dumper) run(ctx context.Context) error {
 	if err := d.dumpSockets(); err != nil {
 		return err
 	}
+	d.shmems.inventory(&d.inv)
+	d.result.PageBytes += d.shmems.bytes
+	d.result.PageFiles = append(d.result.PageFiles, d.shmems.files...)
 	for _, t := range d.tasks {
 		d.inv.Tasks = append(d.inv.Tasks, t.nspid)
 		name := image.TaskFile(t.nspid)
@@ -230,8 +237,13 @@ func (d *dumper) seizeTree() error {
 				if seized[tid] {
 					continue
 				}
-				// No PTRACE_O_EXITKILL: if the engine dies, the tree must keep running.
-				if err := ptrace.Seize(tid, 0); err != nil {
+				// No PTRACE_O_EXITKILL: if the engine dies, the tree must keep
+				// running. SUSPEND_SECCOMP lets injected calls past the task's filters.
+				opts := 0
+				if status.Seccomp != 0 {
+					opts = unix.PTRACE_O_SUSPEND_SECCOMP
+				}
+				if err := ptrace.Seize(tid, opts); err != nil {
 					return fmt.Errorf("pid %d: %w", t.nspid, err)
 				}
 				th := &tracee{tid: tid}
@@ -476,8 +488,8 @@ func (d *dumper) dumpTask(ctx context.Context, t *dtask) error {
 	if len(s.NSpid) != len(d.tasks[0].status.NSpid) {
 		return fmt.Errorf("%w: process is in another PID namespace than the root task", ErrUnsupported)
 	}
-	if s.Seccomp != 0 {
-		return fmt.Errorf("%w: seccomp mode %d: seccomp filters are not supported yet", ErrUnsupported, s.Seccomp)
+	if s.Seccomp == 1 {
+		return fmt.Errorf("%w: strict seccomp mode is not supported", ErrUnsupported)
 	}
 	if s.State == 'T' || s.State == 't' {
 		return fmt.Errorf("%w: process is stopped (state %c): stopped processes are not supported yet", ErrUnsupported, s.State)
@@ -485,6 +497,15 @@ func (d *dumper) dumpTask(ctx context.Context, t *dtask) error {
 	var err error
 	if t.root, err = readlinkProc(t.pid, "root"); err != nil {
 		return err
+	}
+	if t != d.tasks[0] && t.root != d.tasks[0].root {
+		return fmt.Errorf("%w: its root %s differs from the root task's (%s)", ErrUnsupported, t.root, d.tasks[0].root)
+	}
+	if err := d.checkNamespaces(t); err != nil {
+		return err
+	}
+	if timers, err := os.ReadFile(fmt.Sprintf("/proc/%d/timers", t.pid)); err == nil && len(strings.TrimSpace(string(timers))) > 0 {
+		return fmt.Errorf("%w: POSIX timers (timer_create) are not supported yet", ErrUnsupported)
 	}
 	cwd, err := readlinkProc(t.pid, "cwd")
 	if err != nil {
@@ -495,7 +516,13 @@ func (d *dumper) dumpTask(ctx context.Context, t *dtask) error {
 	}
 	rec.Root = "/"
 	t.info.Cwd = rec.Cwd
-	rec.Creds = image.Creds{Uid: s.Uid, Gid: s.Gid, Groups: s.Groups, NoNewPrivs: s.NoNewPrivs}
+	rec.Creds = image.Creds{Uid: s.Uid, Gid: s.Gid, Groups: s.Groups, NoNewPrivs: s.NoNewPrivs,
+		CapInh: s.CapInh, CapPrm: s.CapPrm, CapEff: s.CapEff, CapBnd: s.CapBnd, CapAmb: s.CapAmb}
+	if s.Seccomp == 2 {
+		if err := d.dumpSeccomp(t); err != nil {
+			return err
+		}
+	}
 	if data, err := os.ReadFile(fmt.Sprintf("/proc/%d/personality", t.pid)); err == nil {
 		rec.Personality, _ = strconv.ParseUint(strings.TrimSpace(string(data)), 16, 64)
 	}
@@ -504,14 +531,6 @@ func (d *dumper) dumpTask(ctx context.Context, t *dtask) error {
 			t.info.Args = append(t.info.Args, a)
 		}
 	}
-	for r := 0; r < 16; r++ {
-		var lim unix.Rlimit
-		if err := unix.Prlimit(t.pid, r, nil, &lim); err != nil {
-			return fmt.Errorf("prlimit %d: %w", r, err)
-		}
-		rec.Rlimits = append(rec.Rlimits, image.Rlimit{Resource: r, Cur: lim.Cur, Max: lim.Max})
-	}
-
 	// Read the mappings before the scratch page exists, so that it is not dumped.
 	maps, err := procfs.ReadSmaps(t.pid)
 	if err != nil {
@@ -530,6 +549,23 @@ func (d *dumper) dumpTask(ctx context.Context, t *dtask) error {
 		return err
 	}
 	t.scratch = addr
+	bits, err := lead.sys("prctl(PR_GET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_GET_SECUREBITS)
+	if err != nil {
+		return err
+	}
+	rec.Creds.Securebits = uint32(bits)
+	// Resource limits are asked inside the task: prlimit on another process
+	// with other credentials needs CAP_SYS_RESOURCE, which we may not have.
+	lim := make([]byte, 16)
+	for r := 0; r < 16; r++ {
+		if _, err := lead.sys("prlimit64", unix.SYS_PRLIMIT64, 0, uint64(r), 0, t.scratch); err != nil {
+			return err
+		}
+		if err := lead.readMem(t.scratch, lim); err != nil {
+			return err
+		}
+		rec.Rlimits = append(rec.Rlimits, image.Rlimit{Resource: r, Cur: binary.LittleEndian.Uint64(lim), Max: binary.LittleEndian.Uint64(lim[8:])})
+	}
 	if err := d.dumpSignals(t); err != nil {
 		return err
 	}
@@ -556,6 +592,54 @@ func (d *dumper) dumpTask(ctx context.Context, t *dtask) error {
 	for _, f := range rec.Fds {
 		if f.Path != "" {
 			t.info.Files = append(t.info.Files, f.Path)
+		}
+	}
+	return nil
+}
+
+// namespaceKinds are the namespaces a task must share with the root task:
+// the restore rebuilds every task inside the namespaces of the stub.
+var namespaceKinds = []string{"mnt", "net", "uts", "ipc", "user", "cgroup", "time", "pid_for_children"}
+
+func (d *dumper) checkNamespaces(t *dtask) error {
+	root := d.tasks[0]
+	if t == root {
+		return nil
+	}
+	for _, ns := range namespaceKinds {
+		a, err1 := readlinkProc(t.pid, "ns/"+ns)
+		b, err2 := readlinkProc(root.pid, "ns/"+ns)
+		if err1 != nil || err2 != nil {
+			continue // a kernel without this namespace kind
+		}
+		if a != b {
+			return fmt.Errorf("%w: it is in another %s namespace (%s) than the root task (%s)", ErrUnsupported, ns, a, b)
+		}
+	}
+	return nil
+}
+
+// dumpSeccomp records the filter chain; every thread must have the same.
+func (d *dumper) dumpSeccomp(t *dtask) error {
+	var first [][]byte
+	for i, th := range t.threads {
+		progs, flags, err := ptrace.SeccompFilters(th.tid)
+		if err != nil {
+			return err
+		}
+		if i == 0 {
+			first = progs
+			for j := range progs {
+				t.rec.Seccomp = append(t.rec.Seccomp, image.SeccompFilter{Flags: flags[j], Prog: progs[j]})
+			}
+			continue
+		}
+		same := len(progs) == len(first)
+		for j := 0; same && j < len(progs); j++ {
+			same = string(progs[j]) == string(first[j])
+		}
+		if !same {
+			return fmt.Errorf("%w: thread %d has other seccomp filters than the main thread", ErrUnsupported, th.tid)
 		}
 	}
 	return nil
@@ -714,9 +798,10 @@ func (d *dumper) dumpMm(t *dtask, maps []procfs.Mapping) (*image.Mm, error) {
 		return nil, err
 	}
 	pw := newPageWriter(t.pid, pf, lead.mem)
+	defer pw.release()
 	ri := 0
 	for _, m := range maps {
-		v, dumpPages, err := vmaOf(t, m)
+		v, dumpPages, err := d.vmaOf(t, m)
 		if err != nil {
 			return nil, fmt.Errorf("mapping %#x-%#x %s: %w", m.Start, m.End, m.Path, err)
 		}
@@ -731,7 +816,7 @@ func (d *dumper) dumpMm(t *dtask, maps []procfs.Mapping) (*image.Mm, error) {
 			if r.Categories&pageIsPfnzero != 0 {
 				continue // the shared zero page: restored as untouched memory
 			}
-			if v.Kind == image.VmaFile && r.Categories&pageIsFile != 0 && r.Categories&pageIsSwapped == 0 {
+			if (v.Kind == image.VmaFile || v.Kind == image.VmaShmem) && r.Categories&pageIsFile != 0 && r.Categories&pageIsSwapped == 0 {
 				continue // still the file's page cache: the file has it
 			}
 			a, e := max(r.Start, m.Start), min(r.End, m.End)
@@ -765,7 +850,7 @@ func (d *dumper) dumpMm(t *dtask, maps []procfs.Mapping) (*image.Mm, error) {
 
 // vmaOf translates one mapping; it returns nil for mappings that are not
 // restored (the scratch page, [vsyscall]) and whether its pages are dumped.
-func vmaOf(t *dtask, m procfs.Mapping) (*image.Vma, bool, error) {
+func (d *dumper) vmaOf(t *dtask, m procfs.Mapping) (*image.Vma, bool, error) {
 	if m.Start == t.scratch {
 		return nil, false, nil
 	}
@@ -803,8 +888,17 @@ func vmaOf(t *dtask, m procfs.Mapping) (*image.Vma, bool, error) {
 		}
 		v.Kind, v.Name = image.VmaAnon, m.Path
 		return v, true, nil
-	case m.Path == "/dev/zero" || strings.HasPrefix(m.Path, "/SYSV") || strings.HasPrefix(m.Path, "/memfd:"):
-		return nil, false, fmt.Errorf("%w: shared memory object %s is not supported yet", ErrUnsupported, m.Path)
+	case strings.HasPrefix(m.Path, "/SYSV"):
+		return nil, false, fmt.Errorf("%w: System V shared memory is not supported yet", ErrUnsupported)
+	case m.Deleted && (m.Path == "/dev/zero" && m.Shared || strings.HasPrefix(m.Path, "/memfd:")):
+		// Shared anonymous memory or a memfd: a shmem object of its own.
+		memfd := strings.HasPrefix(m.Path, "/memfd:")
+		name := strings.TrimPrefix(m.Path, "/memfd:")
+		if err := d.shmems.add(m.Inode, fmt.Sprintf("/proc/%d/map_files/%x-%x", t.pid, m.Start, m.End), memfd, name); err != nil {
+			return nil, false, err
+		}
+		v.Kind, v.ShmemID, v.Offset = image.VmaShmem, m.Inode, m.Offset
+		return v, !m.Shared, nil
 	case m.Deleted:
 		return nil, false, fmt.Errorf("%w: mapping of the deleted file %s", ErrUnsupported, m.Path)
 	case strings.HasPrefix(m.Path, "/"):

@@ -3,15 +3,12 @@ package image
 import (
 	"path/filepath"
 	"strconv"
-	"strings"
 )
 
 // More fd kinds.
 const (
 	// FdInotify is an inotify instance; Fd.Inotify lists its watches.
 	FdInotify = "inotify"
-	// FdMemfd is a memfd; Fd.Ghost holds its content and seals.
-	FdMemfd = "memfd"
 	// FdDeleted is a regular file that was deleted while open; Fd.Ghost
 	// holds its content, Fd.Path the path it had.
 	FdDeleted = "deleted"
@@ -26,9 +23,9 @@ type InotifyWatch struct {
 	Path string `json:"path"`
 }
 
-// Ghost is the content of a file that exists in no directory (a memfd, or a
-// file deleted while open). Fds of the tree with the same ID refer to the
-// same inode (each open file description is its own Fd.File).
+// Ghost is the content of a regular file that was deleted while open. Fds
+// of the tree with the same ID refer to the same inode (each open file
+// description is its own Fd.File).
 type Ghost struct {
 	// ID is the inode at dump time.
 	ID uint64 `json:"id"`
@@ -37,10 +34,8 @@ type Ghost struct {
 	Data string `json:"data"`
 	Size int64  `json:"size"`
 	Mode uint32 `json:"mode"`
-	// Name is the memfd name (without "memfd:").
-	Name string `json:"name,omitempty"`
-	// Seals are the memfd's F_GET_SEALS bits; Hugetlb says MFD_HUGETLB.
-	Seals int `json:"seals,omitempty"`
+	Uid  uint32 `json:"uid"`
+	Gid  uint32 `json:"gid"`
 }
 
 // GhostFile is the name of the content file of the ghost with inode id.
@@ -60,16 +55,13 @@ func (f *Fd) validateKind() error {
 			}
 			prev = w.Wd
 		}
-	case FdMemfd, FdDeleted:
+	case FdDeleted:
 		g := f.Ghost
 		if g == nil || g.Data != GhostFile(g.ID) || g.Size < 0 {
-			return bad("%s fd without valid content", f.Kind)
+			return bad("deleted file fd without valid content")
 		}
-		if f.Kind == FdDeleted && (f.Path == "" || f.Path[0] != '/' || filepath.Clean(f.Path) != f.Path) {
+		if f.Path == "" || f.Path[0] != '/' || filepath.Clean(f.Path) != f.Path {
 			return bad("deleted file path %q", f.Path)
-		}
-		if strings.ContainsRune(g.Name, 0) || len(g.Name) > 249 {
-			return bad("memfd name %q", g.Name)
 		}
 	}
 	return nil

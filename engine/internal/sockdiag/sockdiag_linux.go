@@ -166,7 +166,7 @@ func (c *Conn) UnixSockets() (map[uint64]*Unix, error) {
 	req := make([]byte, 24)
 	le := binary.LittleEndian
 	req[0] = unix.AF_UNIX
-	le.PutUint32(req[4:], 0xffffffff) // every state
+	le.PutUint32(req[4:], 0xffffffff)                                                              // every state
 	le.PutUint32(req[12:], udiagShowName|udiagShowVFS|udiagShowPeer|udiagShowIcons|udiagShowRqlen) // UNIX_DIAG_SHUTDOWN comes always
 	le.PutUint32(req[16:], 0xffffffff)
 	le.PutUint32(req[20:], 0xffffffff)

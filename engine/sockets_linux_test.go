@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -140,5 +141,66 @@ func TestUnixSockets(t *testing.T) {
 	}
 	if got, want := waitResult(t, filepath.Join(dir, "result-child")), "to-client|"; got != want {
 		t.Errorf("child read %q, want %q", got, want)
+	}
+}
+
+// TestTCPAndUDP checkpoints, with TCPEstablished, a TCP listener, an
+// established connection between two processes of the tree with bytes in
+// flight both ways, and a UDP pair with a datagram queued; after restore the
+// connection carries on, the queued bytes and datagram arrive (from the same
+// sender), socket options are kept and the listener accepts a new connection.
+func TestTCPAndUDP(t *testing.T) {
+	testutil.RequiresRoot(t)
+	bin := buildC(t, "tcp")
+	dir := t.TempDir()
+	fz := newCgroupFreezer(t)
+	cmd := startInNewNetns(t, fz, bin, dir)
+	waitCounters(t, dir, 20, "root", "child")
+	dumpAndRestore(t, fz, cmd, dir, DumpOptions{TCPEstablished: true})
+	before := map[string]int64{}
+	for _, r := range []string{"root", "child"} {
+		before[r], _ = readCount(dir, r)
+	}
+	waitCounters(t, dir, max(before["root"], before["child"])+5, "root", "child")
+	if err := os.WriteFile(filepath.Join(dir, "go"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := waitResult(t, filepath.Join(dir, "result-root")), "hello-before|udp-before:from-ok|new-conn|"; got != want {
+		t.Errorf("root got %q, want %q", got, want)
+	}
+	if got, want := waitResult(t, filepath.Join(dir, "result-child")), "srv-before|ack|udp-reply|opts-ok|new-conn|"; got != want {
+		t.Errorf("child got %q, want %q", got, want)
+	}
+}
+
+// TestTCPEstablishedRefused checks that an established connection is refused
+// without TCPEstablished, with an error naming the pid, fd and connection,
+// and that the tree keeps running, untraced, its connection intact.
+func TestTCPEstablishedRefused(t *testing.T) {
+	testutil.RequiresRoot(t)
+	bin := buildC(t, "tcp")
+	dir := t.TempDir()
+	fz := newCgroupFreezer(t)
+	cmd := startInNewNetns(t, fz, bin, dir)
+	waitCounters(t, dir, 20, "root", "child")
+	_, err := Dump(context.Background(), DumpOptions{Pid: cmd.Process.Pid, Freezer: fz, ImageDir: filepath.Join(dir, "img")})
+	if !errors.Is(err, ErrUnsupported) {
+		t.Fatalf("got %v, want ErrUnsupported", err)
+	}
+	for _, want := range []string{"pid 1: fd ", "(tcp/ip v4 stream)", "established TCP connection 127.0.0.1:7070 -> 127.0.0.1:", "--tcp-established"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+	if tp := tracerPid(t, cmd.Process.Pid); tp != 0 {
+		t.Fatalf("TracerPid %d after a failed dump", tp)
+	}
+	now, _ := readCount(dir, "root")
+	waitCounters(t, dir, now+5, "root", "child")
+	if err := os.WriteFile(filepath.Join(dir, "go"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := waitResult(t, filepath.Join(dir, "result-child")), "srv-before|ack|udp-reply|opts-ok|new-conn|"; got != want {
+		t.Errorf("child got %q after the refused dump, want %q", got, want)
 	}
 }

@@ -138,6 +138,9 @@ func (d *dumper) run(ctx context.Context) error {
 	if err := d.files.dumpPipes(&d.inv); err != nil {
 		return err
 	}
+	if err := d.dumpSockets(); err != nil {
+		return err
+	}
 	d.shmems.inventory(&d.inv)
 	d.result.PageBytes += d.shmems.bytes
 	d.result.PageFiles = append(d.result.PageFiles, d.shmems.files...)
@@ -326,6 +329,9 @@ func (d *dumper) waitSeized(t *dtask, th *tracee) error {
 func (d *dumper) finish(ok bool) error {
 	kill := ok && !d.opts.LeaveRunning
 	var errs []error
+	if err := d.files.releaseSockets(kill); err != nil {
+		errs = append(errs, err)
+	}
 	// Undo what injection changed: the scratch mapping, registers, signal mask,
 	// and queue back the signals intercepted while seizing.
 	for _, t := range d.tasks {

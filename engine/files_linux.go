@@ -40,6 +40,7 @@ type fileTable struct {
 	rootPid   int
 	pipeRefs  map[uint64]openRef
 	pipeOrder []uint64
+	socks     *sockTable // fd_socket_linux.go
 	shmems    *shmemTable
 }
 
@@ -47,7 +48,7 @@ func newFileTable() *fileTable {
 	return &fileTable{byInode: map[[2]uint64][]openRef{}, pipeRefs: map[uint64]openRef{}}
 }
 
-func (ft *fileTable) close() {}
+func (ft *fileTable) close() { ft.closeSockets() }
 
 // identify returns the description id of (pid, fd) with the given inode.
 func (ft *fileTable) identify(pid, fd int, st *unix.Stat_t) (uint64, error) {
@@ -170,7 +171,7 @@ func (ft *fileTable) dumpFd(t *dtask, fd int) (*image.Fd, error) {
 		if isExternal() {
 			return out, nil
 		}
-		return nil, fmt.Errorf("%s%s: sockets are %w yet", target, socketKind(t.pid, fd), ErrUnsupported)
+		return ft.dumpSocket(t, fd, out, &st)
 	case strings.HasPrefix(target, "anon_inode:"):
 		if err := dumpAnon(out, target, fi); err != nil {
 			return nil, err

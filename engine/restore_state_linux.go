@@ -146,6 +146,10 @@ func (r *restorer) installFd(rt *rtask, f image.Fd, base int) error {
 			if src, fresh, err = r.pipeEnd(rt, f, base); err != nil {
 				return err
 			}
+		case image.FdSocket:
+			if src, fresh, err = r.socketFd(rt, f, base); err != nil {
+				return err
+			}
 		case image.FdEventfd, image.FdEpoll, image.FdSignalfd, image.FdTimerfd:
 			if src, err = r.createAnon(rt, f); err != nil {
 				return err

@@ -381,6 +381,10 @@ type Fd struct {
 	SignalfdMask uint64 `json:"signalfd_mask,omitempty"`
 	// Timerfd is the state of a timerfd.
 	Timerfd *Timerfd `json:"timerfd,omitempty"`
+	// Socket, Inotify and Ghost describe the kinds of fdkinds.go.
+	Socket  uint64         `json:"socket,omitempty"`
+	Inotify []InotifyWatch `json:"inotify,omitempty"`
+	Ghost   *Ghost         `json:"ghost,omitempty"`
 }
 
 // WriteFile writes a record as JSON into dir/name with mode 0600.

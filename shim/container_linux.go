@@ -38,7 +38,7 @@ type container struct {
 
 	// restoreFrom is the image to restore from at Start (Create with a checkpoint).
 	restoreFrom string
-	createOpts runtime.CreateOpts
+	createOpts  runtime.CreateOpts
 
 	mu    sync.Mutex
 	rc    *runtime.Container // nil until created (or restored)

@@ -50,9 +50,14 @@ func (p *process) snapshot() (procState, int, uint32, time.Time) {
 	return p.state, p.pid, p.exitStatus, p.exitedAt
 }
 
+// setRunning marks a started process running, unless its exit was already recorded: a fast
+// process can exit before the start call returns.
 func (p *process) setRunning(pid int) {
 	p.mu.Lock()
-	p.pid, p.state = pid, procRunning
+	p.pid = pid
+	if p.state == procCreated {
+		p.state = procRunning
+	}
 	p.mu.Unlock()
 }
 

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
+	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
@@ -47,6 +48,7 @@ type service struct {
 type event struct {
 	topic string
 	ev    events.Event
+	flush chan struct{} // closed when every event queued before it is published
 }
 
 var _ taskAPI.TTRPCTaskService = (*service)(nil)
@@ -80,11 +82,25 @@ func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
 
 // send queues an event; one goroutine publishes them in order.
 func (s *service) send(topic string, ev events.Event) {
-	s.events <- event{topic, ev}
+	s.events <- event{topic: topic, ev: ev}
+}
+
+// flush waits until the events queued so far are published (at most 5 s).
+func (s *service) flush() {
+	done := make(chan struct{})
+	s.events <- event{flush: done}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+	}
 }
 
 func (s *service) forward() {
 	for e := range s.events {
+		if e.flush != nil {
+			close(e.flush)
+			continue
+		}
 		if err := s.publisher.Publish(s.ctx, e.topic, e.ev); err != nil {
 			log.G(s.ctx).WithError(err).WithField("topic", e.topic).Warn("publish event")
 		}
@@ -435,6 +451,8 @@ func (s *service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*pt
 	if n > 0 {
 		return &ptypes.Empty{}, nil
 	}
+	// The last events (the delete) must reach containerd before the publisher closes.
+	s.flush()
 	s.sd.Shutdown()
 	return &ptypes.Empty{}, nil
 }

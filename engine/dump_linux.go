@@ -232,8 +232,13 @@ func (d *dumper) seizeTree() error {
 				if seized[tid] {
 					continue
 				}
-				// No PTRACE_O_EXITKILL: if the engine dies, the tree must keep running.
-				if err := ptrace.Seize(tid, 0); err != nil {
+				// No PTRACE_O_EXITKILL: if the engine dies, the tree must keep
+				// running. SUSPEND_SECCOMP lets injected calls past the task's filters.
+				opts := 0
+				if status.Seccomp != 0 {
+					opts = unix.PTRACE_O_SUSPEND_SECCOMP
+				}
+				if err := ptrace.Seize(tid, opts); err != nil {
 					return fmt.Errorf("pid %d: %w", t.nspid, err)
 				}
 				th := &tracee{tid: tid}
@@ -475,8 +480,8 @@ func (d *dumper) dumpTask(ctx context.Context, t *dtask) error {
 	if len(s.NSpid) != len(d.tasks[0].status.NSpid) {
 		return fmt.Errorf("%w: process is in another PID namespace than the root task", ErrUnsupported)
 	}
-	if s.Seccomp != 0 {
-		return fmt.Errorf("%w: seccomp mode %d: seccomp filters are not supported yet", ErrUnsupported, s.Seccomp)
+	if s.Seccomp == 1 {
+		return fmt.Errorf("%w: strict seccomp mode is not supported", ErrUnsupported)
 	}
 	if s.State == 'T' || s.State == 't' {
 		return fmt.Errorf("%w: process is stopped (state %c): stopped processes are not supported yet", ErrUnsupported, s.State)
@@ -494,7 +499,13 @@ func (d *dumper) dumpTask(ctx context.Context, t *dtask) error {
 	}
 	rec.Root = "/"
 	t.info.Cwd = rec.Cwd
-	rec.Creds = image.Creds{Uid: s.Uid, Gid: s.Gid, Groups: s.Groups, NoNewPrivs: s.NoNewPrivs}
+	rec.Creds = image.Creds{Uid: s.Uid, Gid: s.Gid, Groups: s.Groups, NoNewPrivs: s.NoNewPrivs,
+		CapInh: s.CapInh, CapPrm: s.CapPrm, CapEff: s.CapEff, CapBnd: s.CapBnd, CapAmb: s.CapAmb}
+	if s.Seccomp == 2 {
+		if err := d.dumpSeccomp(t); err != nil {
+			return err
+		}
+	}
 	if data, err := os.ReadFile(fmt.Sprintf("/proc/%d/personality", t.pid)); err == nil {
 		rec.Personality, _ = strconv.ParseUint(strings.TrimSpace(string(data)), 16, 64)
 	}
@@ -503,14 +514,6 @@ func (d *dumper) dumpTask(ctx context.Context, t *dtask) error {
 			t.info.Args = append(t.info.Args, a)
 		}
 	}
-	for r := 0; r < 16; r++ {
-		var lim unix.Rlimit
-		if err := unix.Prlimit(t.pid, r, nil, &lim); err != nil {
-			return fmt.Errorf("prlimit %d: %w", r, err)
-		}
-		rec.Rlimits = append(rec.Rlimits, image.Rlimit{Resource: r, Cur: lim.Cur, Max: lim.Max})
-	}
-
 	// Read the mappings before the scratch page exists, so that it is not dumped.
 	maps, err := procfs.ReadSmaps(t.pid)
 	if err != nil {
@@ -529,6 +532,23 @@ func (d *dumper) dumpTask(ctx context.Context, t *dtask) error {
 		return err
 	}
 	t.scratch = addr
+	bits, err := lead.sys("prctl(PR_GET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_GET_SECUREBITS)
+	if err != nil {
+		return err
+	}
+	rec.Creds.Securebits = uint32(bits)
+	// Resource limits are asked inside the task: prlimit on another process
+	// with other credentials needs CAP_SYS_RESOURCE, which we may not have.
+	lim := make([]byte, 16)
+	for r := 0; r < 16; r++ {
+		if _, err := lead.sys("prlimit64", unix.SYS_PRLIMIT64, 0, uint64(r), 0, t.scratch); err != nil {
+			return err
+		}
+		if err := lead.readMem(t.scratch, lim); err != nil {
+			return err
+		}
+		rec.Rlimits = append(rec.Rlimits, image.Rlimit{Resource: r, Cur: binary.LittleEndian.Uint64(lim), Max: binary.LittleEndian.Uint64(lim[8:])})
+	}
 	if err := d.dumpSignals(t); err != nil {
 		return err
 	}
@@ -555,6 +575,32 @@ func (d *dumper) dumpTask(ctx context.Context, t *dtask) error {
 	for _, f := range rec.Fds {
 		if f.Path != "" {
 			t.info.Files = append(t.info.Files, f.Path)
+		}
+	}
+	return nil
+}
+
+// dumpSeccomp records the filter chain; every thread must have the same.
+func (d *dumper) dumpSeccomp(t *dtask) error {
+	var first [][]byte
+	for i, th := range t.threads {
+		progs, flags, err := ptrace.SeccompFilters(th.tid)
+		if err != nil {
+			return err
+		}
+		if i == 0 {
+			first = progs
+			for j := range progs {
+				t.rec.Seccomp = append(t.rec.Seccomp, image.SeccompFilter{Flags: flags[j], Prog: progs[j]})
+			}
+			continue
+		}
+		same := len(progs) == len(first)
+		for j := 0; same && j < len(progs); j++ {
+			same = string(progs[j]) == string(first[j])
+		}
+		if !same {
+			return fmt.Errorf("%w: thread %d has other seccomp filters than the main thread", ErrUnsupported, th.tid)
 		}
 	}
 	return nil
@@ -713,6 +759,7 @@ func (d *dumper) dumpMm(t *dtask, maps []procfs.Mapping) (*image.Mm, error) {
 		return nil, err
 	}
 	pw := newPageWriter(t.pid, pf, lead.mem)
+	defer pw.release()
 	ri := 0
 	for _, m := range maps {
 		v, dumpPages, err := vmaOf(t, m)

@@ -5,11 +5,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"runtime"
 	"sort"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -238,7 +238,10 @@ func (r *restorer) seizeStub(rt *rtask) error {
 		return fmt.Errorf("stub pid %d has %d threads", pid, st.Threads)
 	}
 	// EXITKILL: if the engine dies mid-restore, the half-built tree dies too.
-	opts := unix.PTRACE_O_TRACECLONE | unix.PTRACE_O_TRACEFORK | unix.PTRACE_O_TRACEVFORK | unix.PTRACE_O_EXITKILL
+	// SUSPEND_SECCOMP: the filters restored into a task must not stop the
+	// calls the engine still injects after them (options are inherited by
+	// the tasks cloned from the stub).
+	opts := unix.PTRACE_O_TRACECLONE | unix.PTRACE_O_TRACEFORK | unix.PTRACE_O_TRACEVFORK | unix.PTRACE_O_EXITKILL | unix.PTRACE_O_SUSPEND_SECCOMP
 	if err := ptrace.Seize(pid, opts); err != nil {
 		return fmt.Errorf("stub: %w", err)
 	}
@@ -739,7 +742,10 @@ func (r *restorer) openIn(t *tracee, path string, flags uint64) (uint64, error) 
 	return fd, nil
 }
 
-// writePages copies the page data into the task through /proc/PID/mem.
+// writePages copies the page data into the task: the pages file is mapped
+// into the engine and written with process_vm_writev (4.7 GB/s, KERNEL.md)
+// into writable mappings, and through /proc/PID/mem (which writes through
+// read-only mappings, FOLL_FORCE) into the others.
 func (r *restorer) writePages(rt *rtask) error {
 	mm := rt.rec.Mm
 	if mm.PagesFile == "" || mm.PagesSize == 0 {
@@ -756,26 +762,67 @@ func (r *restorer) writePages(rt *rtask) error {
 	if fi, err := f.Stat(); err != nil || uint64(fi.Size()) < mm.PagesSize {
 		return fmt.Errorf("pages file %s is shorter than %d bytes", mm.PagesFile, mm.PagesSize)
 	}
+	data, err := unix.Mmap(int(f.Fd()), 0, int(mm.PagesSize), unix.PROT_READ, unix.MAP_PRIVATE|unix.MAP_POPULATE)
+	if err != nil {
+		return fmt.Errorf("map %s: %w", mm.PagesFile, err)
+	}
+	defer unix.Munmap(data)
 	t := rt.lead()
 	if err := t.openMem(); err != nil {
 		return err
 	}
-	buf := make([]byte, copyBatch)
+	var local []unix.Iovec
+	var remote []unix.RemoteIovec
+	var queued int
+	flush := func() error {
+		if len(local) == 0 {
+			return nil
+		}
+		n, err := unix.ProcessVMWritev(rt.hostPid, local, remote, 0)
+		if err != nil || n != queued {
+			// Fall back to /proc/PID/mem for whatever was not written.
+			if n < 0 {
+				n = 0
+			}
+			pos := 0
+			for i, rv := range remote {
+				end := pos + rv.Len
+				if end > n {
+					from := max(pos, n)
+					src := unsafe.Slice(local[i].Base, local[i].Len)[from-pos:]
+					if _, err := t.mem.WriteAt(src, int64(rv.Base)+int64(from-pos)); err != nil {
+						return fmt.Errorf("write %d bytes at %#x: %w", len(src), rv.Base, err)
+					}
+				}
+				pos = end
+			}
+		}
+		local, remote, queued = local[:0], remote[:0], 0
+		return nil
+	}
 	for _, v := range mm.Vmas {
+		writable := v.Prot&image.ProtWrite != 0
 		for _, p := range v.Pages {
-			for done := uint64(0); done < p.Len; {
-				n := min(p.Len-done, uint64(len(buf)))
-				if _, err := f.ReadAt(buf[:n], int64(p.Off+done)); err != nil && !errors.Is(err, io.EOF) {
-					return fmt.Errorf("read %s: %w", mm.PagesFile, err)
+			src := data[p.Off : p.Off+p.Len]
+			if !writable {
+				if _, err := t.mem.WriteAt(src, int64(p.Addr)); err != nil {
+					return fmt.Errorf("write %d bytes at %#x: %w", len(src), p.Addr, err)
 				}
-				if _, err := t.mem.WriteAt(buf[:n], int64(p.Addr+done)); err != nil {
-					return fmt.Errorf("write %d bytes at %#x: %w", n, p.Addr+done, err)
+				continue
+			}
+			iov := unix.Iovec{Base: &src[0]}
+			iov.SetLen(len(src))
+			local = append(local, iov)
+			remote = append(remote, unix.RemoteIovec{Base: uintptr(p.Addr), Len: len(src)})
+			queued += len(src)
+			if len(local) == 1024 {
+				if err := flush(); err != nil {
+					return err
 				}
-				done += n
 			}
 		}
 	}
-	return nil
+	return flush()
 }
 
 // setMmFields sets the mm_struct boundaries, auxv and exe link with

@@ -350,10 +350,18 @@ func (r *restorer) restoreTaskState(rt *rtask) error {
 	if _, err := t.sys("chdir "+rec.Cwd, unix.SYS_CHDIR, r.scratch); err != nil {
 		return err
 	}
+	lim := make([]byte, 16)
 	for _, l := range rec.Rlimits {
-		lim := unix.Rlimit{Cur: l.Cur, Max: l.Max}
-		if err := unix.Prlimit(rt.hostPid, l.Resource, &lim, nil); err != nil {
-			return fmt.Errorf("rlimit %d to %d/%d: %w", l.Resource, l.Cur, l.Max, err)
+		le.PutUint64(lim, l.Cur)
+		le.PutUint64(lim[8:], l.Max)
+		if err := t.writeMem(r.scratch, lim); err != nil {
+			return err
+		}
+		if _, err := t.sys(fmt.Sprintf("prlimit64 %d to %d/%d", l.Resource, l.Cur, l.Max), unix.SYS_PRLIMIT64, 0, uint64(l.Resource), r.scratch, 0); err != nil {
+			if errors.Is(err, unix.EPERM) {
+				return fmt.Errorf("%w (raising a hard limit needs CAP_SYS_RESOURCE)", err)
+			}
+			return err
 		}
 	}
 	buf := make([]byte, 32)
@@ -405,9 +413,37 @@ func (r *restorer) restoreTaskState(rt *rtask) error {
 			return err
 		}
 	}
+	if err := r.restoreSeccomp(rt); err != nil {
+		return err
+	}
 	// Credentials last: the set*id calls act on the calling thread only.
 	for _, th := range rt.threads {
 		if err := r.restoreCreds(th, &rec.Creds); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// restoreSeccomp installs the filters, oldest first, on every thread (TSYNC).
+func (r *restorer) restoreSeccomp(rt *rtask) error {
+	t := rt.lead()
+	const tsync = 1 // SECCOMP_FILTER_FLAG_TSYNC
+	for i, f := range rt.rec.Seccomp {
+		prog := r.scratch + 2*image.PageSize
+		if uint64(len(f.Prog)) > gadgetSize-3*image.PageSize {
+			return fmt.Errorf("%w: seccomp filter %d of %d instructions", ErrUnsupported, i, len(f.Prog)/8)
+		}
+		if err := t.writeMem(prog, f.Prog); err != nil {
+			return err
+		}
+		hdr := make([]byte, 16) // struct sock_fprog
+		binary.LittleEndian.PutUint16(hdr, uint16(len(f.Prog)/8))
+		binary.LittleEndian.PutUint64(hdr[8:], prog)
+		if err := t.writeMem(r.scratch, hdr); err != nil {
+			return err
+		}
+		if _, err := t.sys(fmt.Sprintf("seccomp filter %d", i), unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, f.Flags|tsync, r.scratch); err != nil {
 			return err
 		}
 	}
@@ -457,9 +493,35 @@ func (r *restorer) restoreThread(rt *rtask, t *tracee, th *image.Thread) error {
 	return nil
 }
 
+// restoreCreds sets the credentials of one thread (they are per thread):
+// bounding set, then ids with PR_SET_KEEPCAPS so that the permitted set
+// survives leaving uid 0, then the capability sets, then ambient ones.
 func (r *restorer) restoreCreds(t *tracee, c *image.Creds) error {
-	if c.Uid == [4]uint32{} && c.Gid == [4]uint32{} && len(c.Groups) == 0 {
-		return nil
+	const lastCap = 63
+	capLast := uint64(lastCap)
+	if data, err := os.ReadFile("/proc/sys/kernel/cap_last_cap"); err == nil {
+		fmt.Sscan(string(data), &capLast)
+	}
+	for cp := uint64(0); cp <= capLast; cp++ {
+		if c.CapBnd&(1<<cp) == 0 {
+			if _, err := t.sys(fmt.Sprintf("drop capability %d from the bounding set", cp), unix.SYS_PRCTL, unix.PR_CAPBSET_DROP, cp); err != nil {
+				return err
+			}
+		}
+	}
+	if bits, err := t.sys("prctl(PR_GET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_GET_SECUREBITS); err != nil {
+		return err
+	} else if uint32(bits) != c.Securebits {
+		if _, err := t.sys("prctl(PR_SET_SECUREBITS)", unix.SYS_PRCTL, unix.PR_SET_SECUREBITS, uint64(c.Securebits)); err != nil {
+			return err
+		}
+	}
+	const secureKeepCaps, secureKeepCapsLocked = 4, 5
+	keepLocked := c.Securebits&(1<<secureKeepCapsLocked) != 0
+	if !keepLocked {
+		if _, err := t.sys("prctl(PR_SET_KEEPCAPS)", unix.SYS_PRCTL, unix.PR_SET_KEEPCAPS, 1); err != nil {
+			return err
+		}
 	}
 	buf := make([]byte, 4*len(c.Groups)+4)
 	for i, g := range c.Groups {
@@ -480,7 +542,40 @@ func (r *restorer) restoreCreds(t *tracee, c *image.Creds) error {
 	if _, err := t.sys("setresuid", unix.SYS_SETRESUID, uint64(c.Uid[0]), uint64(c.Uid[1]), uint64(c.Uid[2])); err != nil {
 		return err
 	}
-	_, err := t.sys("setfsuid", unix.SYS_SETFSUID, uint64(c.Uid[3]))
+	if _, err := t.sys("setfsuid", unix.SYS_SETFSUID, uint64(c.Uid[3])); err != nil {
+		return err
+	}
+	// capset, _LINUX_CAPABILITY_VERSION_3: a header and two 32-bit halves.
+	hdr := make([]byte, 8+24)
+	le := binary.LittleEndian
+	le.PutUint32(hdr, 0x20080522)
+	for half := 0; half < 2; half++ {
+		sh := uint(32 * half)
+		le.PutUint32(hdr[8+12*half:], uint32(c.CapEff>>sh))
+		le.PutUint32(hdr[8+12*half+4:], uint32(c.CapPrm>>sh))
+		le.PutUint32(hdr[8+12*half+8:], uint32(c.CapInh>>sh))
+	}
+	if err := t.writeMem(r.scratch, hdr); err != nil {
+		return err
+	}
+	if _, err := t.sys("capset", unix.SYS_CAPSET, r.scratch, r.scratch+8); err != nil {
+		return err
+	}
+	for cp := uint64(0); cp <= capLast; cp++ {
+		if c.CapAmb&(1<<cp) != 0 {
+			if _, err := t.sys("raise ambient capability", unix.SYS_PRCTL, unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_RAISE, cp, 0, 0); err != nil {
+				return err
+			}
+		}
+	}
+	if keepLocked {
+		return nil
+	}
+	keep := uint64(0)
+	if c.Securebits&(1<<secureKeepCaps) != 0 {
+		keep = 1
+	}
+	_, err := t.sys("prctl(PR_SET_KEEPCAPS)", unix.SYS_PRCTL, unix.PR_SET_KEEPCAPS, keep)
 	return err
 }
 

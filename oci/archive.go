@@ -147,6 +147,10 @@ func unpackArchive(tarPath string) (dir string, err error) {
 		return "", err
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
 	dir, err = os.MkdirTemp("", "cryo-checkpoint-*")
 	if err != nil {
 		return "", err
@@ -160,6 +164,7 @@ func unpackArchive(tarPath string) (dir string, err error) {
 		return "", err
 	}
 	seen := map[string]bool{}
+	var total int64
 	tr := tar.NewReader(f)
 	for {
 		hdr, err := tr.Next()
@@ -183,8 +188,12 @@ func unpackArchive(tarPath string) (dir string, err error) {
 		if hdr.Typeflag == tar.TypeDir {
 			continue
 		}
-		if hdr.Size < 0 || hdr.Size > max {
-			return "", fmt.Errorf("%w: archive entry %q of %d bytes", ErrUnsafeEntry, name, hdr.Size)
+		if hdr.Size < 0 || hdr.Size > max || isSparse(hdr) {
+			return "", fmt.Errorf("%w: archive entry %q of %d bytes, or sparse", ErrUnsafeEntry, name, hdr.Size)
+		}
+		// An archive holds its files' bytes: more is a trick (sparse).
+		if total += hdr.Size; total > fi.Size() {
+			return "", fmt.Errorf("%w: archive entries hold more bytes than the archive", ErrUnsafeEntry)
 		}
 		if err := extractStateEntry(dir, "", stateEntry{name: name, size: hdr.Size}, tr); err != nil {
 			return "", err

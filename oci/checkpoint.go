@@ -219,7 +219,7 @@ func (c *Checkpoint) walkState(set pathSet, st stateLayer, gen int, fn func(f Fi
 	defer f.Close()
 	h := sha256.New()
 	tee := io.TeeReader(f, h)
-	err = scanStateTar(tee, set, st.dir, gen, func(e stateEntry, body io.Reader) error {
+	err = scanStateTar(tee, st.desc.Size, set, st.dir, gen, func(e stateEntry, body io.Reader) error {
 		return fn(File{Path: path.Join(st.dir, e.name), Size: e.size, Dir: e.isDir}, gen, body)
 	})
 	if err != nil {

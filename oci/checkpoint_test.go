@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
@@ -36,7 +37,7 @@ func TestRoundTripMatrix(t *testing.T) {
 		{"several-MiB", engineFiles{"pages-1.img": randBytes(11, 5<<20+4096)}, 0},
 		{"multiple", engineFiles{"pages-1.img": randBytes(12, 3<<20), "pages-2.img": randBytes(13, 4096), "pages-10.img": {}}, 0},
 		{"chunked", engineFiles{"pages-1.img": randBytes(14, 3<<20+12345), "pages-2.img": randBytes(15, 1<<20)}, 1 << 20},
-		{"never-split", engineFiles{"pages-1.img": randBytes(16, 3<<20)}, -1},
+		{"chunk-above-size", engineFiles{"pages-1.img": randBytes(16, 3<<20)}, 4 << 20},
 	}
 	for _, sz := range sizes {
 		for _, withRootfs := range []bool{false, true} {
@@ -496,4 +497,76 @@ func TestIncrementalChain(t *testing.T) {
 func mustManifest(t *testing.T, dir string) ocispec.Manifest {
 	_, m := layoutManifest(t, dir)
 	return m
+}
+
+func TestPrecomputedDigests(t *testing.T) {
+	pages := randBytes(30, 200000)
+	engine := makeEngineDir(t, engineFiles{"pages-1.img": pages, "r.img": []byte("r")})
+	good := filepath.Join(t.TempDir(), "good")
+	_, err := WriteCheckpoint(good, engine, testConfig("c"), WriteOptions{Digests: map[string]digest.Digest{"pages-1.img": digest.FromBytes(pages)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err := OpenCheckpoint(good); err != nil {
+		t.Fatalf("image with a right precomputed digest refused: %v", err)
+	} else {
+		c.Close()
+	}
+	// A wrong digest is trusted at write, and the image refused at open.
+	bad := filepath.Join(t.TempDir(), "bad")
+	wrong := digest.FromString("something else")
+	if _, err := WriteCheckpoint(bad, engine, testConfig("c"), WriteOptions{Digests: map[string]digest.Digest{"pages-1.img": wrong}}); err != nil {
+		t.Fatal(err)
+	}
+	var be *BlobError
+	if _, err := OpenCheckpoint(bad); !errors.Is(err, ErrDigestMismatch) || !errors.As(err, &be) || be.Digest != wrong || be.Actual != digest.FromBytes(pages) {
+		t.Fatalf("got %v, want a digest mismatch naming %s", err, wrong)
+	}
+	if _, err := WriteCheckpoint(filepath.Join(t.TempDir(), "x"), engine, testConfig("c"), WriteOptions{Digests: map[string]digest.Digest{"pages-1.img": "sha256:nothex"}}); !errors.Is(err, ErrInvalidImage) {
+		t.Errorf("malformed precomputed digest: got %v", err)
+	}
+}
+
+func TestWriteWithSync(t *testing.T) {
+	engine := makeEngineDir(t, engineFiles{"pages-1.img": randBytes(40, 100000), "r.img": []byte("r"), "d/x.img": []byte("x")})
+	dst := filepath.Join(t.TempDir(), "ckpt")
+	if _, err := WriteCheckpoint(dst, engine, testConfig("c"), WriteOptions{Sync: true, ChunkSize: 4096 * 5}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := OpenCheckpoint(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	work := filepath.Join(t.TempDir(), "w")
+	if err := c.Extract(work); err != nil {
+		t.Fatal(err)
+	}
+	if got := readTree(t, work); len(got) != 3 || !bytes.Equal(got["d/x.img"], []byte("x")) {
+		t.Errorf("extracted %v", keys(got))
+	}
+}
+
+func TestIncrementalRefusesEngineParentDir(t *testing.T) {
+	parent := filepath.Join(t.TempDir(), "p")
+	if _, err := WriteCheckpoint(parent, makeEngineDir(t, engineFiles{"r.img": []byte("r")}), testConfig("c"), WriteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	engine := makeEngineDir(t, engineFiles{"r.img": []byte("r2"), "parent/r.img": []byte("clash")})
+	dst := filepath.Join(t.TempDir(), "child")
+	if _, err := WriteCheckpoint(dst, engine, testConfig("c"), WriteOptions{Parent: parent}); err == nil {
+		t.Fatal("engine files under parent/ accepted in an incremental checkpoint")
+	}
+	if _, err := os.Stat(dst); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("refused write left %s", dst)
+	}
+	// Without a parent, parent/ is an ordinary engine directory.
+	if _, err := WriteCheckpoint(dst, engine, testConfig("c"), WriteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := OpenCheckpoint(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
 }

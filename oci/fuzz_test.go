@@ -146,6 +146,7 @@ func FuzzScanStateTar(f *testing.F) {
 		tw.Close()
 		f.Add(b.Bytes())
 	}
+	f.Add(sparseTar("inventory.img"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		set := pathSet{}
 		// A pages file and a parent generation, as in a real image.
@@ -156,7 +157,7 @@ func FuzzScanStateTar(f *testing.F) {
 			t.Fatal(err)
 		}
 		seen := map[string]bool{}
-		err := scanStateTar(bytes.NewReader(b), set, ".", 0, func(e stateEntry, body io.Reader) error {
+		err := scanStateTar(bytes.NewReader(b), int64(len(b)), set, ".", 0, func(e stateEntry, body io.Reader) error {
 			if err := cleanRel(e.name, false); err != nil {
 				t.Fatalf("unclean name accepted: %q", e.name)
 			}

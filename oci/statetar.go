@@ -184,8 +184,12 @@ type stateEntry struct {
 // directory, sizes and counts within bounds. Each entry's path is added to
 // set under dir (the layer's directory) for generation owner. fn may read
 // the file's bytes from body; if it does not, they are skipped.
-func scanStateTar(r io.Reader, set pathSet, dir string, owner int, fn func(e stateEntry, body io.Reader) error) error {
+//
+// limit bounds the sum of the entries' sizes: the size of the layer, which
+// only a sparse entry (refused) could exceed.
+func scanStateTar(r io.Reader, limit int64, set pathSet, dir string, owner int, fn func(e stateEntry, body io.Reader) error) error {
 	tr := tar.NewReader(r)
+	var total int64
 	for n := 0; ; n++ {
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
@@ -198,12 +202,18 @@ func scanStateTar(r io.Reader, set pathSet, dir string, owner int, fn func(e sta
 			return fmt.Errorf("%w: state tar has more than %d entries", ErrUnsafeEntry, maxStateEntries)
 		}
 		e := stateEntry{name: hdr.Name}
+		if isSparse(hdr) {
+			return fmt.Errorf("%w: state tar entry %q is sparse", ErrUnsafeEntry, hdr.Name)
+		}
 		switch hdr.Typeflag {
 		case tar.TypeReg, tar.TypeRegA: //nolint:staticcheck // accept old writers' regular files
 			if hdr.Size < 0 || hdr.Size > maxStateEntrySize {
 				return fmt.Errorf("%w: state tar entry %q of %d bytes", ErrUnsafeEntry, hdr.Name, hdr.Size)
 			}
 			e.size = hdr.Size
+			if total += e.size; total > limit {
+				return fmt.Errorf("%w: state tar entries hold more bytes than the layer's %d", ErrUnsafeEntry, limit)
+			}
 		case tar.TypeDir:
 			e.isDir = true
 			e.name = strings.TrimSuffix(e.name, "/")
@@ -221,7 +231,7 @@ func scanStateTar(r io.Reader, set pathSet, dir string, owner int, fn func(e sta
 			return fmt.Errorf("state tar: %w", err)
 		}
 		if fn != nil {
-			if err := fn(e, tr); err != nil {
+			if err := fn(e, tarBody{tr}); err != nil {
 				return err
 			}
 		}
@@ -256,4 +266,30 @@ func extractStateEntry(root, dir string, e stateEntry, body io.Reader) error {
 		return fmt.Errorf("extract %s: %w", e.name, err)
 	}
 	return nil
+}
+
+// isSparse reports a sparse entry (old GNU or PAX GNU.sparse.*): its holes
+// would expand to more bytes than the tar holds.
+func isSparse(hdr *tar.Header) bool {
+	if hdr.Typeflag == tar.TypeGNUSparse {
+		return true
+	}
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return true
+		}
+	}
+	return false
+}
+
+// tarBody reads an entry's bytes; a truncated or malformed tar is an
+// invalid image, not an I/O error.
+type tarBody struct{ r io.Reader }
+
+func (b tarBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && !errors.Is(err, io.EOF) {
+		err = fmt.Errorf("%w: state tar: %w", ErrInvalidImage, err)
+	}
+	return n, err
 }

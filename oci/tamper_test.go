@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -259,6 +260,9 @@ func TestTamperedImagesAreRefused(t *testing.T) {
 					Annotations: map[string]string{AnnotationPath: "parent"}})
 			})
 		}, ErrUnsafeEntry, "", true},
+		{"state tar sparse entry", func(t *testing.T, d string) {
+			replaceState(t, d, sparseTar("inventory.img"))
+		}, ErrUnsafeEntry, "", true},
 		{"state tar oversized entry", func(t *testing.T, d string) {
 			var buf bytes.Buffer
 			tw := tar.NewWriter(&buf)
@@ -370,6 +374,16 @@ func TestHostileArchivesAreRefused(t *testing.T) {
 			}
 		})
 	}
+	// A sparse blob: 512 MiB of holes in a few blocks.
+	t.Run("sparse blob", func(t *testing.T) {
+		p := filepath.Join(t.TempDir(), "sparse.tar")
+		if err := os.WriteFile(p, sparseTar("blobs/sha256/"+strings.Repeat("d", 64)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := OpenCheckpoint(p); !errors.Is(err, ErrUnsafeEntry) {
+			t.Fatalf("got %v, want ErrUnsafeEntry", err)
+		}
+	})
 	// Not a tar at all.
 	junk := filepath.Join(t.TempDir(), "junk.tar")
 	os.WriteFile(junk, randBytes(1, 3000), 0o600)
@@ -399,4 +413,53 @@ func TestExtractRefusesBlobChangedAfterOpen(t *testing.T) {
 			}
 		})
 	}
+}
+
+// sparseTar is a tar whose one entry is a PAX GNU sparse 1.0 file of 512
+// MiB of holes stored in one 512-byte block: a decompression bomb for a
+// naive extractor. archive/tar does not write sparse files, so the blocks
+// are built by hand.
+func sparseTar(name string) []byte {
+	rec := func(k, v string) string {
+		n := len(k) + len(v) + 3
+		for {
+			s := fmt.Sprintf("%d %s=%s\n", n, k, v)
+			if len(s) == n {
+				return s
+			}
+			n = len(s)
+		}
+	}
+	pax := rec("GNU.sparse.major", "1") + rec("GNU.sparse.minor", "0") + rec("GNU.sparse.name", name) + rec("GNU.sparse.realsize", "536870912")
+	body := "1\n0\n0\n"
+	var out []byte
+	out = append(out, ustarBlock("PaxHeader", 'x', len(pax))...)
+	out = append(out, padBlock(pax)...)
+	out = append(out, ustarBlock("GNUSparseFile.0/"+name, '0', 512)...)
+	out = append(out, padBlock(body)...)
+	return append(out, make([]byte, 1024)...)
+}
+
+func padBlock(s string) []byte {
+	b := []byte(s)
+	return append(b, make([]byte, (512-len(b)%512)%512)...)
+}
+
+func ustarBlock(name string, typ byte, size int) []byte {
+	b := make([]byte, 512)
+	copy(b[0:], name)
+	copy(b[100:], "0000600\x00")
+	copy(b[108:], "0000000\x00")
+	copy(b[116:], "0000000\x00")
+	copy(b[124:], fmt.Sprintf("%011o\x00", size))
+	copy(b[136:], "00000000000\x00")
+	b[156] = typ
+	copy(b[257:], "ustar\x0000")
+	copy(b[148:], "        ")
+	var sum int
+	for _, c := range b {
+		sum += int(c)
+	}
+	copy(b[148:], fmt.Sprintf("%06o\x00 ", sum))
+	return b
 }

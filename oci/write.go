@@ -11,19 +11,13 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
-
-// DefaultChunkSize is the size of the layers a big pages file is split into
-// when WriteOptions.ChunkSize is 0. sha256 cannot be spread over cores within
-// one blob, so a file of several chunks hashes (at write and at every open)
-// on all cores; the price is one copy of the file at write and at Extract
-// (a whole-file layer is a hardlink both ways).
-const DefaultChunkSize = 64 << 20
 
 // WriteOptions tune WriteCheckpoint.
 type WriteOptions struct {
@@ -39,10 +33,20 @@ type WriteOptions struct {
 	// RootfsDiff is the path of a tar of the container's rootfs changes,
 	// stored as a MediaTypeRootfsDiff layer (hardlinked when possible).
 	RootfsDiff string
-	// ChunkSize splits pages files larger than it into layers of this size
-	// (copied, hashed in parallel); 0 means DefaultChunkSize, negative
-	// means never split (each pages file is hardlinked as one layer).
+	// ChunkSize, when positive, splits pages files larger than it into
+	// layers of this size. By default (0) each pages file is one layer,
+	// hardlinked: no copy at write nor at Extract, but a blob hashes on one
+	// core only (sha256 is sequential), at write and at every open. Chunks
+	// hash on every core, at the price of one copy of the file at write and
+	// at Extract. An engine that writes several bounded pages files gets
+	// both (see the package doc).
 	ChunkSize int64
+	// Digests are the digests of engine files (by name relative to the
+	// engine directory, e.g. "pages-1.img") that the engine computed while
+	// writing them: such a file is hardlinked and not hashed again
+	// (copied files are hashed anyway). A wrong digest does not make a
+	// wrong restore: OpenCheckpoint verifies every blob and refuses it.
+	Digests map[string]digest.Digest
 	// Sync flushes every blob and directory to stable storage before
 	// index.json is committed.
 	Sync bool
@@ -70,7 +74,8 @@ type WriteResult struct {
 //
 //   - every top-level pages-*.img file becomes a MediaTypePages layer
 //     (hardlinked into blobs/sha256 when on the same filesystem, else
-//     copied; split into chunks above ChunkSize), annotated with its name;
+//     copied; split into chunks above a positive ChunkSize), annotated
+//     with its name;
 //   - every other file goes, in a deterministic tar (sorted, owner 0, times
 //     at the epoch), into the MediaTypeState layer;
 //   - then the rootfs diff layer, the config, the manifest, oci-layout, and
@@ -114,6 +119,11 @@ func WriteCheckpoint(dst, engineDir string, cfg *Config, opts WriteOptions) (res
 		}
 		defer parent.Close()
 		c.Parent = parent.ManifestDescriptor.Digest
+		for _, e := range state {
+			if e.rel == ParentDir || strings.HasPrefix(e.rel, ParentDir+"/") {
+				return nil, fmt.Errorf("write checkpoint %s: engine file %s: %q is where the parent's files go", dst, e.rel, ParentDir)
+			}
+		}
 	}
 
 	created, err := claimDir(dst)
@@ -155,11 +165,19 @@ func WriteCheckpoint(dst, engineDir string, cfg *Config, opts WriteOptions) (res
 		return nil, err
 	}
 	res = &WriteResult{Path: dst}
+	counted := map[digest.Digest]bool{}
 	for _, j := range jobs {
 		if j.layer {
 			res.Layers = append(res.Layers, j.desc)
 		}
-		res.Size += j.desc.Size
+		if !counted[j.desc.Digest] {
+			counted[j.desc.Digest] = true
+			res.Size += j.desc.Size
+		}
+	}
+	// What a reader will check of the layers, checked before the commit.
+	if _, err := planLayers(res.Layers); err != nil {
+		return nil, err
 	}
 
 	cb, err := marshalJSON(&c)
@@ -262,7 +280,7 @@ func layerJobs(w *blobWriter, engineDir string, pages, state []engineEntry, pare
 				j.run = func([]byte, *atomic.Bool) (digest.Digest, int64, error) { return d.Digest, d.Size, nil }
 			} else {
 				j.run = func(buf []byte, stop *atomic.Bool) (digest.Digest, int64, error) {
-					return w.importFile(src, d, buf, stop)
+					return w.importFile(src, d, buf, stop, false)
 				}
 			}
 			seen[d.Digest] = true
@@ -301,18 +319,20 @@ func layerJobs(w *blobWriter, engineDir string, pages, state []engineEntry, pare
 	})
 
 	chunk := opts.ChunkSize
-	if chunk == 0 {
-		chunk = DefaultChunkSize
-	}
 	for _, p := range pages {
 		src := filepath.Join(engineDir, p.rel)
-		if chunk < 0 || p.size <= chunk {
+		if known, ok := opts.Digests[p.rel]; ok {
+			if err := checkDigest(known); err != nil {
+				return nil, fmt.Errorf("digest given for %s: %w", p.rel, err)
+			}
+		}
+		if chunk <= 0 || p.size <= chunk {
 			jobs = append(jobs, blobJob{
 				desc:  ocispec.Descriptor{MediaType: MediaTypePages, Annotations: map[string]string{AnnotationPath: p.rel, AnnotationOffset: "0"}},
 				size:  p.size,
 				layer: true,
 				run: func(buf []byte, stop *atomic.Bool) (digest.Digest, int64, error) {
-					return w.importFile(src, ocispec.Descriptor{Size: p.size}, buf, stop)
+					return w.importFile(src, ocispec.Descriptor{Size: p.size, Digest: opts.Digests[p.rel]}, buf, stop, opts.Digests[p.rel] != "")
 				},
 			})
 			continue
@@ -344,7 +364,7 @@ func layerJobs(w *blobWriter, engineDir string, pages, state []engineEntry, pare
 			size:  fi.Size(),
 			layer: true,
 			run: func(buf []byte, stop *atomic.Bool) (digest.Digest, int64, error) {
-				return w.importFile(opts.RootfsDiff, ocispec.Descriptor{Size: fi.Size()}, buf, stop)
+				return w.importFile(opts.RootfsDiff, ocispec.Descriptor{Size: fi.Size()}, buf, stop, false)
 			},
 		})
 	}
@@ -405,9 +425,10 @@ func (w *blobWriter) writeStream(fn func(io.Writer) error) (digest.Digest, int64
 }
 
 // importFile makes src a blob: a hardlink when possible (no copy), else a
-// copy. Either way it hashes the result; if want names a digest (a blob
-// imported from a parent), a different content is an error.
-func (w *blobWriter) importFile(src string, want ocispec.Descriptor, buf []byte, stop *atomic.Bool) (digest.Digest, int64, error) {
+// copy. Either way it hashes the result, unless trusted says want.Digest is
+// known to be right and the file was linked (the size is still checked); if
+// want names a digest, a different content is an error.
+func (w *blobWriter) importFile(src string, want ocispec.Descriptor, buf []byte, stop *atomic.Bool, trusted bool) (digest.Digest, int64, error) {
 	tmp := w.tempName()
 	if err := os.Link(src, tmp); err != nil {
 		return w.copyRange(src, 0, -1, buf, stop, want)
@@ -419,6 +440,21 @@ func (w *blobWriter) importFile(src string, want ocispec.Descriptor, buf []byte,
 	defer f.Close()
 	if err := f.Chmod(0o600); err != nil {
 		return "", 0, err
+	}
+	if trusted {
+		fi, err := f.Stat()
+		if err != nil {
+			return "", 0, err
+		}
+		if fi.Size() != want.Size {
+			return "", 0, fmt.Errorf("%s: %w: expected %d bytes, got %d", src, ErrSizeMismatch, want.Size, fi.Size())
+		}
+		if w.sync {
+			if err := f.Sync(); err != nil {
+				return "", 0, err
+			}
+		}
+		return want.Digest, want.Size, w.commit(tmp, want.Digest)
 	}
 	d, n, err := hashFile(f, 1<<62, buf, stop)
 	if err != nil {

@@ -283,11 +283,7 @@ func (r *Runtime) Restore(ctx context.Context, id string, opts RestoreOpts) (_ *
 	}
 	spec := opts.Spec
 	if spec == nil {
-		bundle := opts.Bundle
-		if bundle == "" {
-			bundle = "."
-		}
-		if spec, err = oci.LoadSpec(bundle); err != nil {
+		if spec, err = restoreBundleSpec(opts.Bundle, ck.Config.Spec); err != nil {
 			return nil, err
 		}
 	}
@@ -320,6 +316,34 @@ func (r *Runtime) Restore(ctx context.Context, id string, opts RestoreOpts) (_ *
 		return nil, fmt.Errorf("restore of container %s: %w", id, err)
 	}
 	return c, nil
+}
+
+// restoreBundleSpec is the bundle's config.json or, when the bundle has
+// none (a container moved to another host with just its rootfs), the spec
+// saved in the checkpoint, rooted at <bundle>/rootfs when its own root path
+// does not exist here.
+func restoreBundleSpec(bundle string, saved *specs.Spec) (*specs.Spec, error) {
+	if bundle == "" {
+		bundle = "."
+	}
+	bundle, err := filepath.Abs(bundle)
+	if err != nil {
+		return nil, err
+	}
+	spec, err := oci.LoadSpec(bundle)
+	if err == nil || saved == nil || !errors.Is(err, os.ErrNotExist) {
+		return spec, err
+	}
+	s := *saved
+	if s.Root == nil {
+		return nil, fmt.Errorf("checkpoint spec has no root and bundle %s has no config.json: %w", bundle, ErrInvalidConfig)
+	}
+	root := *s.Root
+	if _, err := os.Stat(root.Path); err != nil {
+		root.Path = filepath.Join(bundle, "rootfs")
+	}
+	s.Root = &root
+	return &s, nil
 }
 
 // checkRestorable refuses an image this host cannot run or that would give

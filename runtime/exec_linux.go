@@ -7,10 +7,13 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"syscall"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/cryo-run/cryo/runtime/internal/nsenter"
 )
 
 // ExecOpts configures Exec.
@@ -83,13 +86,20 @@ func (c *Container) Exec(ctx context.Context, opts ExecOpts) (*Process, error) {
 	}
 	pid := c.rec.Pid
 	nsPath := func(name string) string { return "/proc/" + strconv.Itoa(pid) + "/ns/" + name }
+	// User and time namespaces are joined by the exec'd init itself, before
+	// its Go runtime starts (package nsenter): the kernel only lets a
+	// single-threaded process join them.
+	var early []string
 	for _, name := range []string{"user", "time"} {
 		same, err := sameNamespace(nsPath(name), "/proc/self/ns/"+name)
 		if err != nil {
 			return nil, err
 		}
 		if !same {
-			return nil, fmt.Errorf("exec into a container with its own %s namespace (the kernel only lets a single-threaded process join it): %w", name, ErrNotSupported)
+			if !nsenter.Available {
+				return nil, fmt.Errorf("exec into a container with its own %s namespace needs cryo built with cgo: %w", name, ErrNotSupported)
+			}
+			early = append(early, name)
 		}
 	}
 	var joins []nsJoin
@@ -137,8 +147,19 @@ func (c *Container) Exec(ctx context.Context, opts ExecOpts) (*Process, error) {
 		}
 		cfg.ConsoleFD = addFile(cs)
 	}
+	var setns []string
+	for _, name := range early {
+		f, err := os.Open(nsPath(name))
+		if err != nil {
+			return nil, fmt.Errorf("open %s namespace of %s: %w", name, c.rec.ID, err)
+		}
+		setns = append(setns, strconv.Itoa(addFile(f)))
+	}
 	cmd := exec.Command(c.rt.InitCommand[0], c.rt.InitCommand[1:]...)
 	cmd.Env = []string{initEnv + "=1"}
+	if len(setns) > 0 {
+		cmd.Env = append(cmd.Env, nsenter.Env+"="+strings.Join(setns, ","))
+	}
 	setStdio(cmd, opts.Stdin, opts.Stdout, opts.Stderr)
 	cmd.ExtraFiles = files
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: p.Terminal}

@@ -136,6 +136,8 @@ type Task struct {
 	Sigactions  []Sigaction `json:"sigactions,omitempty"`
 	Personality uint64      `json:"personality"`
 	Itimers     []Itimer    `json:"itimers,omitempty"`
+	// Seccomp are the task's seccomp filters, oldest first (every thread has the same).
+	Seccomp []SeccompFilter `json:"seccomp,omitempty"`
 	// SharedSigpending are the signals queued to the whole process.
 	SharedSigpending []Siginfo `json:"shared_sigpending,omitempty"`
 }
@@ -189,6 +191,21 @@ type Creds struct {
 	Groups []uint32  `json:"groups,omitempty"`
 	// NoNewPrivs is the PR_SET_NO_NEW_PRIVS bit.
 	NoNewPrivs bool `json:"no_new_privs,omitempty"`
+	// Capability sets (bit n = capability n) and securebits.
+	CapInh     uint64 `json:"cap_inh"`
+	CapPrm     uint64 `json:"cap_prm"`
+	CapEff     uint64 `json:"cap_eff"`
+	CapBnd     uint64 `json:"cap_bnd"`
+	CapAmb     uint64 `json:"cap_amb"`
+	Securebits uint32 `json:"securebits,omitempty"`
+}
+
+// SeccompFilter is one installed seccomp BPF program.
+type SeccompFilter struct {
+	// Flags are the SECCOMP_FILTER_FLAG_* it was installed with (LOG, SPEC_ALLOW).
+	Flags uint64 `json:"flags,omitempty"`
+	// Prog is the raw array of struct sock_filter (8 bytes per instruction).
+	Prog []byte `json:"prog"`
 }
 
 // Sigaction is a non-default signal disposition (struct kernel_sigaction).

@@ -129,6 +129,11 @@ func (t *Task) Validate() error {
 			return bad("task %d: signal %d", t.Pid, s.Signal)
 		}
 	}
+	for _, f := range t.Seccomp {
+		if len(f.Prog) == 0 || len(f.Prog)%8 != 0 || len(f.Prog) > 8*4096 {
+			return bad("task %d: seccomp program of %d bytes", t.Pid, len(f.Prog))
+		}
+	}
 	for _, r := range t.Rlimits {
 		if r.Resource < 0 || r.Resource >= 16 {
 			return bad("task %d: rlimit %d", t.Pid, r.Resource)

@@ -146,6 +146,8 @@ type Status struct {
 	SigPnd, ShdPnd               uint64
 	SigBlk, SigIgn, SigCgt       uint64
 	NoNewPrivs                   bool
+	// Capability sets.
+	CapInh, CapPrm, CapEff, CapBnd, CapAmb uint64
 	// Seccomp is the seccomp mode (0 none, 1 strict, 2 filter).
 	Seccomp int
 }
@@ -235,6 +237,16 @@ func ParseStatus(data []byte) (*Status, error) {
 			s.SigIgn, err = strconv.ParseUint(v, 16, 64)
 		case "SigCgt":
 			s.SigCgt, err = strconv.ParseUint(v, 16, 64)
+		case "CapInh":
+			s.CapInh, err = strconv.ParseUint(v, 16, 64)
+		case "CapPrm":
+			s.CapPrm, err = strconv.ParseUint(v, 16, 64)
+		case "CapEff":
+			s.CapEff, err = strconv.ParseUint(v, 16, 64)
+		case "CapBnd":
+			s.CapBnd, err = strconv.ParseUint(v, 16, 64)
+		case "CapAmb":
+			s.CapAmb, err = strconv.ParseUint(v, 16, 64)
 		case "NoNewPrivs":
 			s.NoNewPrivs = v == "1"
 		case "Seccomp":

@@ -257,3 +257,38 @@ func GetSiginfo(pid int) ([]byte, error) {
 	}
 	return buf, nil
 }
+
+// SeccompFilters returns the seccomp filters of pid, oldest first, with the
+// flags each was installed with (PTRACE_SECCOMP_GET_FILTER/_GET_METADATA).
+func SeccompFilters(pid int) (progs [][]byte, flags []uint64, err error) {
+	const getFilter, getMetadata = 0x420c, 0x420d
+	for i := 0; ; i++ {
+		n, _, e := unix.RawSyscall6(unix.SYS_PTRACE, getFilter, uintptr(pid), uintptr(i), 0, 0, 0)
+		if e == unix.ENOENT {
+			break
+		}
+		if e != 0 {
+			return nil, nil, fmt.Errorf("get seccomp filter %d of %d: %w", i, pid, e)
+		}
+		buf := make([]byte, 8*n)
+		if _, _, e := unix.RawSyscall6(unix.SYS_PTRACE, getFilter, uintptr(pid), uintptr(i), uintptr(unsafe.Pointer(&buf[0])), 0, 0); e != 0 {
+			return nil, nil, fmt.Errorf("get seccomp filter %d of %d: %w", i, pid, e)
+		}
+		md := struct{ FilterOff, Flags uint64 }{FilterOff: uint64(i)}
+		if _, _, e := unix.RawSyscall6(unix.SYS_PTRACE, getMetadata, uintptr(pid), unsafe.Sizeof(md), uintptr(unsafe.Pointer(&md)), 0, 0); e != 0 {
+			return nil, nil, fmt.Errorf("get seccomp metadata %d of %d: %w", i, pid, e)
+		}
+		// Index 0 is the most recent filter: prepend to get the oldest first.
+		progs = append([][]byte{buf}, progs...)
+		flags = append([]uint64{md.Flags}, flags...)
+	}
+	return progs, flags, nil
+}
+
+// SetOptions sets the ptrace options of pid.
+func SetOptions(pid int, opts int) error {
+	if err := ptrace(unix.PTRACE_SETOPTIONS, pid, 0, uintptr(opts)); err != nil {
+		return fmt.Errorf("ptrace setoptions %d: %w", pid, err)
+	}
+	return nil
+}

@@ -38,7 +38,12 @@ func (c counter) String() string { return fmt.Sprintf("pid %d token %s count %d"
 // readCounter reads /tmp/counter of the container whose init has host PID pid, through
 // /proc/PID/root (no exec into the container).
 func readCounter(pid int) (counter, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/root/tmp/counter", pid))
+	return readCounterFile(fmt.Sprintf("/proc/%d/root/tmp/counter", pid))
+}
+
+// readCounterFile reads a counter file.
+func readCounterFile(p string) (counter, error) {
+	data, err := os.ReadFile(p)
 	if err != nil {
 		return counter{}, err
 	}
@@ -46,12 +51,12 @@ func readCounter(pid int) (counter, error) {
 	if len(f) != 3 {
 		return counter{}, fmt.Errorf("counter file holds %q", data)
 	}
-	p, err1 := strconv.Atoi(f[0])
+	pid, err1 := strconv.Atoi(f[0])
 	n, err2 := strconv.Atoi(f[2])
 	if err1 != nil || err2 != nil {
 		return counter{}, fmt.Errorf("counter file holds %q", data)
 	}
-	return counter{pid: p, token: f[1], n: n}, nil
+	return counter{pid: pid, token: f[1], n: n}, nil
 }
 
 // waitCounter waits until the counter of the container (init host PID pid) reaches at least
@@ -71,11 +76,15 @@ func waitCounter(t *testing.T, pid, min int) counter {
 	}
 }
 
+// tick is the counter's period: its count cannot grow faster than one per tick.
+const tick = 50 * time.Millisecond
+
 // assertContinues checks that the container whose init has host PID pid runs the very shell
-// that was checkpointed: same token, same PID in its namespace (1), a count that starts within
-// [from.n, upto] (upto: the last count the original reached, or -1 for no upper bound) and then
+// that was checkpointed: same token, same PID as the checkpointed writer, init PID 1 in its
+// namespace, a count that starts within [from.n, upto+1+ticks since restoreStart] (upto: the
+// last count the checkpointed process can have reached, or -1 for no upper bound) and then
 // keeps going up.
-func assertContinues(t *testing.T, pid int, from counter, upto int) {
+func assertContinues(t *testing.T, pid int, from counter, upto int, restoreStart time.Time) {
 	t.Helper()
 	first, err := readCounter(pid)
 	deadline := time.Now().Add(10 * time.Second)
@@ -89,15 +98,16 @@ func assertContinues(t *testing.T, pid int, from counter, upto int) {
 	if first.token != from.token || first.pid != from.pid {
 		t.Fatalf("restored container runs another shell: got %v, checkpointed %v", first, from)
 	}
-	if first.n < from.n || (upto >= 0 && first.n > upto+1) {
-		t.Fatalf("restored counter starts at %d, want within [%d, %d]", first.n, from.n, upto+1)
+	if ns := nsPid(t, pid); ns != 1 {
+		t.Fatalf("restored init (host pid %d) is pid %d in its namespace, want 1", pid, ns)
+	}
+	max := upto + 1 + int(time.Since(restoreStart)/tick)
+	if first.n < from.n || (upto >= 0 && first.n > max) {
+		t.Fatalf("restored counter starts at %d, want within [%d, %d]", first.n, from.n, max)
 	}
 	later := waitCounter(t, pid, first.n+3)
 	if later.token != from.token {
 		t.Fatalf("token changed after restore: %v then %v", first, later)
-	}
-	if ns := nsPid(t, pid); ns != from.pid {
-		t.Fatalf("restored init (host pid %d) is pid %d in its namespace, want %d", pid, ns, from.pid)
 	}
 	t.Logf("continues: checkpointed %v, restored at %d, then %d", from, first.n, later.n)
 }
@@ -266,5 +276,24 @@ func assertCounterImage(t *testing.T, s summary, id string) {
 	}
 	if len(s.Layers) < 2 {
 		t.Errorf("checkpoint has layers %+v, want state and pages", s.Layers)
+	}
+}
+
+// waitGone waits until host PID pid has exited (gone, or a zombie not yet reaped).
+func waitGone(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return
+		}
+		if i := strings.LastIndexByte(string(data), ')'); i > 0 && strings.HasPrefix(string(data[i+1:]), " Z") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d still running: %s", pid, data)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

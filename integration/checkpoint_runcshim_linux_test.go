@@ -4,6 +4,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // runcShimCryo is containerd's own runc shim driving bin/cryo as its runc binary: the path
@@ -48,11 +49,12 @@ func TestRuncShimCheckpointRestore(t *testing.T) {
 	// what cryo wrote into containerd's checkpoint directory is our OCI layout
 	assertCounterImage(t, inspect(t, checkpointLayout(t, d, ref)), id)
 	newID := containerID(t, runcRT, "r")
+	start := time.Now()
 	mustCtr(t, d, "containers", "restore", "--live", newID, ref)
 	t.Cleanup(func() { removeContainer(t, d, newID) })
 	rt := waitStatus(t, d, newID, "RUNNING")
 	// the checkpoint was taken between the readings before and after
-	assertContinues(t, rt.pid, before, after.n)
+	assertContinues(t, rt.pid, before, after.n, start)
 }
 
 // TestRuncShimTaskCheckpointExit checkpoints with `ctr tasks checkpoint --exit` through the

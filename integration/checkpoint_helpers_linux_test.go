@@ -234,12 +234,15 @@ type summary struct {
 		Threads  int      `json:"threads"`
 		MemBytes uint64   `json:"memBytes"`
 	} `json:"processes"`
-	Layers []struct {
-		MediaType string `json:"mediaType"`
-		Digest    string `json:"digest"`
-		Size      int64  `json:"size"`
-	} `json:"layers"`
-	Verified bool `json:"verified"`
+	Layers   []layer `json:"layers"`
+	Verified bool    `json:"verified"`
+}
+
+// layer is a layer of a checkpoint summary.
+type layer struct {
+	MediaType string `json:"mediaType"`
+	Digest    string `json:"digest"`
+	Size      int64  `json:"size"`
 }
 
 // inspect runs `cryo inspect --format json` on a checkpoint (layout dir or archive).

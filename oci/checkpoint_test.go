@@ -546,3 +546,27 @@ func TestWriteWithSync(t *testing.T) {
 		t.Errorf("extracted %v", keys(got))
 	}
 }
+
+func TestIncrementalRefusesEngineParentDir(t *testing.T) {
+	parent := filepath.Join(t.TempDir(), "p")
+	if _, err := WriteCheckpoint(parent, makeEngineDir(t, engineFiles{"r.img": []byte("r")}), testConfig("c"), WriteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	engine := makeEngineDir(t, engineFiles{"r.img": []byte("r2"), "parent/r.img": []byte("clash")})
+	dst := filepath.Join(t.TempDir(), "child")
+	if _, err := WriteCheckpoint(dst, engine, testConfig("c"), WriteOptions{Parent: parent}); err == nil {
+		t.Fatal("engine files under parent/ accepted in an incremental checkpoint")
+	}
+	if _, err := os.Stat(dst); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("refused write left %s", dst)
+	}
+	// Without a parent, parent/ is an ordinary engine directory.
+	if _, err := WriteCheckpoint(dst, engine, testConfig("c"), WriteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := OpenCheckpoint(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+}

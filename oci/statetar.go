@@ -231,7 +231,7 @@ func scanStateTar(r io.Reader, limit int64, set pathSet, dir string, owner int, 
 			return fmt.Errorf("state tar: %w", err)
 		}
 		if fn != nil {
-			if err := fn(e, tr); err != nil {
+			if err := fn(e, tarBody{tr}); err != nil {
 				return err
 			}
 		}
@@ -280,4 +280,16 @@ func isSparse(hdr *tar.Header) bool {
 		}
 	}
 	return false
+}
+
+// tarBody reads an entry's bytes; a truncated or malformed tar is an
+// invalid image, not an I/O error.
+type tarBody struct{ r io.Reader }
+
+func (b tarBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && !errors.Is(err, io.EOF) {
+		err = fmt.Errorf("%w: state tar: %w", ErrInvalidImage, err)
+	}
+	return n, err
 }

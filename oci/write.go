@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -118,6 +119,11 @@ func WriteCheckpoint(dst, engineDir string, cfg *Config, opts WriteOptions) (res
 		}
 		defer parent.Close()
 		c.Parent = parent.ManifestDescriptor.Digest
+		for _, e := range state {
+			if e.rel == ParentDir || strings.HasPrefix(e.rel, ParentDir+"/") {
+				return nil, fmt.Errorf("write checkpoint %s: engine file %s: %q is where the parent's files go", dst, e.rel, ParentDir)
+			}
+		}
 	}
 
 	created, err := claimDir(dst)
@@ -159,11 +165,19 @@ func WriteCheckpoint(dst, engineDir string, cfg *Config, opts WriteOptions) (res
 		return nil, err
 	}
 	res = &WriteResult{Path: dst}
+	counted := map[digest.Digest]bool{}
 	for _, j := range jobs {
 		if j.layer {
 			res.Layers = append(res.Layers, j.desc)
 		}
-		res.Size += j.desc.Size
+		if !counted[j.desc.Digest] {
+			counted[j.desc.Digest] = true
+			res.Size += j.desc.Size
+		}
+	}
+	// What a reader will check of the layers, checked before the commit.
+	if _, err := planLayers(res.Layers); err != nil {
+		return nil, err
 	}
 
 	cb, err := marshalJSON(&c)

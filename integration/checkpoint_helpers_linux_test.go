@@ -24,7 +24,13 @@ import (
 // The token lives only in the shell's memory: a container that shows the same token with a
 // count at least the checkpointed one was restored, not restarted (a restart draws a new token
 // and counts from 1).
-const counterLoop = `tok=$RANDOM$RANDOM$RANDOM; i=0; while :; do i=$((i+1)); echo "$$ $tok $i" > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; sleep 0.05; done`
+// The PID written is the shell's real one in its namespace (from /proc/self/stat, read by the
+// shell itself), not $$, which a restored shell would remember whatever its PID.
+const counterLoop = `tok=$RANDOM$RANDOM$RANDOM; i=0; while :; do i=$((i+1)); read p _ < /proc/self/stat; echo "$p $tok $i" > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; sleep 0.05; done`
+
+// treeLoop is counterLoop with a long-lived child (a sleep started first) whose PID a restore
+// must also keep.
+const treeLoop = `sleep 1000000 & ` + counterLoop
 
 // counter is one reading of /tmp/counter.
 type counter struct {
@@ -280,6 +286,24 @@ func assertCounterImage(t *testing.T, s summary, id string) {
 	if len(s.Layers) < 2 {
 		t.Errorf("checkpoint has layers %+v, want state and pages", s.Layers)
 	}
+}
+
+// sleeperPid returns the PID, in the container's namespace, of the `sleep 1000000` child of
+// the init whose host PID is pid.
+func sleeperPid(t *testing.T, pid int) int {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range strings.Fields(string(data)) {
+		child, _ := strconv.Atoi(c)
+		if args := harness.Cmdline(child); len(args) == 2 && args[0] == "sleep" && args[1] == "1000000" {
+			return nsPid(t, child)
+		}
+	}
+	t.Fatalf("init %d has no child sleep 1000000 (children %q)", pid, data)
+	return 0
 }
 
 // waitGone waits until host PID pid has exited (gone, or a zombie not yet reaped).

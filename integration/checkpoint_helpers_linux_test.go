@@ -19,59 +19,59 @@ import (
 	"github.com/cryo-run/cryo/integration/internal/harness"
 )
 
-// counterLoop is the workload of the checkpoint tests: a busybox shell that draws a random token
+// tokenLoop is the workload of the checkpoint tests: a busybox shell that draws a random token
 // once, then counts forever, publishing "<its pid> <token> <count>" atomically in /tmp/counter.
 // The token lives only in the shell's memory: a container that shows the same token with a
 // count at least the checkpointed one was restored, not restarted (a restart draws a new token
 // and counts from 1).
 // The PID written is the shell's real one in its namespace (from /proc/self/stat, read by the
 // shell itself), not $$, which a restored shell would remember whatever its PID.
-const counterLoop = `tok=$RANDOM$RANDOM$RANDOM; i=0; while :; do i=$((i+1)); read p _ < /proc/self/stat; echo "$p $tok $i" > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; sleep 0.05; done`
+const tokenLoop = `tok=$RANDOM$RANDOM$RANDOM; i=0; while :; do i=$((i+1)); read p _ < /proc/self/stat; echo "$p $tok $i" > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; sleep 0.05; done`
 
-// treeLoop is counterLoop with a long-lived child (a sleep started first) whose PID a restore
+// tokenTreeLoop is tokenLoop with a long-lived child (a sleep started first) whose PID a restore
 // must also keep.
-const treeLoop = `sleep 1000000 & ` + counterLoop
+const tokenTreeLoop = `sleep 1000000 & ` + tokenLoop
 
 // counter is one reading of /tmp/counter.
-type counter struct {
+type reading struct {
 	pid   int    // the shell's PID in its namespace
 	token string // drawn once at start
 	n     int    // the count
 }
 
-func (c counter) String() string { return fmt.Sprintf("pid %d token %s count %d", c.pid, c.token, c.n) }
+func (c reading) String() string { return fmt.Sprintf("pid %d token %s count %d", c.pid, c.token, c.n) }
 
-// readCounter reads /tmp/counter of the container whose init has host PID pid, through
+// readToken reads /tmp/counter of the container whose init has host PID pid, through
 // /proc/PID/root (no exec into the container).
-func readCounter(pid int) (counter, error) {
-	return readCounterFile(fmt.Sprintf("/proc/%d/root/tmp/counter", pid))
+func readToken(pid int) (reading, error) {
+	return readTokenFile(fmt.Sprintf("/proc/%d/root/tmp/counter", pid))
 }
 
-// readCounterFile reads a counter file.
-func readCounterFile(p string) (counter, error) {
+// readTokenFile reads a counter file.
+func readTokenFile(p string) (reading, error) {
 	data, err := os.ReadFile(p)
 	if err != nil {
-		return counter{}, err
+		return reading{}, err
 	}
 	f := strings.Fields(string(data))
 	if len(f) != 3 {
-		return counter{}, fmt.Errorf("counter file holds %q", data)
+		return reading{}, fmt.Errorf("counter file holds %q", data)
 	}
 	pid, err1 := strconv.Atoi(f[0])
 	n, err2 := strconv.Atoi(f[2])
 	if err1 != nil || err2 != nil {
-		return counter{}, fmt.Errorf("counter file holds %q", data)
+		return reading{}, fmt.Errorf("counter file holds %q", data)
 	}
-	return counter{pid: pid, token: f[1], n: n}, nil
+	return reading{pid: pid, token: f[1], n: n}, nil
 }
 
-// waitCounter waits until the counter of the container (init host PID pid) reaches at least
+// waitToken waits until the counter of the container (init host PID pid) reaches at least
 // min, and returns that reading.
-func waitCounter(t *testing.T, pid, min int) counter {
+func waitToken(t *testing.T, pid, min int) reading {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		c, err := readCounter(pid)
+		c, err := readToken(pid)
 		if err == nil && c.n >= min {
 			return c
 		}
@@ -82,21 +82,21 @@ func waitCounter(t *testing.T, pid, min int) counter {
 	}
 }
 
-// tick is the counter's period: its count cannot grow faster than one per tick.
-const tick = 50 * time.Millisecond
+// tokenTick is the counter's period: its count cannot grow faster than one per tokenTick.
+const tokenTick = 50 * time.Millisecond
 
 // assertContinues checks that the container whose init has host PID pid runs the very shell
 // that was checkpointed: same token, same PID as the checkpointed writer, init PID 1 in its
 // namespace, a count that starts within [from.n, upto+1+ticks since restoreStart] (upto: the
 // last count the checkpointed process can have reached, or -1 for no upper bound) and then
 // keeps going up.
-func assertContinues(t *testing.T, pid int, from counter, upto int, restoreStart time.Time) {
+func assertContinues(t *testing.T, pid int, from reading, upto int, restoreStart time.Time) {
 	t.Helper()
-	first, err := readCounter(pid)
+	first, err := readToken(pid)
 	deadline := time.Now().Add(10 * time.Second)
 	for err != nil && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
-		first, err = readCounter(pid)
+		first, err = readToken(pid)
 	}
 	if err != nil {
 		t.Fatalf("restored container (pid %d): %v", pid, err)
@@ -107,11 +107,11 @@ func assertContinues(t *testing.T, pid int, from counter, upto int, restoreStart
 	if ns := nsPid(t, pid); ns != 1 {
 		t.Fatalf("restored init (host pid %d) is pid %d in its namespace, want 1", pid, ns)
 	}
-	max := upto + 1 + int(time.Since(restoreStart)/tick)
+	max := upto + 1 + int(time.Since(restoreStart)/tokenTick)
 	if first.n < from.n || (upto >= 0 && first.n > max) {
 		t.Fatalf("restored counter starts at %d, want within [%d, %d]", first.n, from.n, max)
 	}
-	later := waitCounter(t, pid, first.n+3)
+	later := waitToken(t, pid, first.n+3)
 	if later.token != from.token {
 		t.Fatalf("token changed after restore: %v then %v", first, later)
 	}
@@ -175,14 +175,14 @@ func checkpointLayout(t *testing.T, d *harness.Daemon, ref string) string {
 		t.Fatalf("checkpoint %s has no %s in its index: %+v", ref, criuTarType, index.Manifests)
 	}
 	dir := t.TempDir()
-	if err := untar(strings.NewReader(mustCtr(t, d, "content", "get", blob)), dir); err != nil {
+	if err := untarTo(strings.NewReader(mustCtr(t, d, "content", "get", blob)), dir); err != nil {
 		t.Fatalf("unpack %s of %s: %v", blob, ref, err)
 	}
 	return dir
 }
 
 // untar unpacks the regular files and directories of a tar stream under dir.
-func untar(r io.Reader, dir string) error {
+func untarTo(r io.Reader, dir string) error {
 	tr := tar.NewReader(r)
 	for {
 		h, err := tr.Next()
@@ -218,8 +218,8 @@ func untar(r io.Reader, dir string) error {
 	}
 }
 
-// summary is the part of `cryo inspect --format json` the tests check.
-type summary struct {
+// ckSummary is the part of `cryo inspect --format json` the tests check.
+type ckSummary struct {
 	Name           string `json:"name"`
 	ContainerID    string `json:"containerID"`
 	FormatRevision int    `json:"formatRevision"`
@@ -240,25 +240,25 @@ type summary struct {
 		Threads  int      `json:"threads"`
 		MemBytes uint64   `json:"memBytes"`
 	} `json:"processes"`
-	Layers   []layer `json:"layers"`
-	Verified bool    `json:"verified"`
+	Layers   []ckLayer `json:"layers"`
+	Verified bool      `json:"verified"`
 }
 
-// layer is a layer of a checkpoint summary.
-type layer struct {
+// ckLayer is a layer of a checkpoint summary.
+type ckLayer struct {
 	MediaType string `json:"mediaType"`
 	Digest    string `json:"digest"`
 	Size      int64  `json:"size"`
 }
 
 // inspect runs `cryo inspect --format json` on a checkpoint (layout dir or archive).
-func inspect(t *testing.T, image string) summary {
+func cryoInspect(t *testing.T, image string) ckSummary {
 	t.Helper()
 	out, err := exec.Command(env.bins.Cryo, "inspect", "--format", "json", image).Output()
 	if err != nil {
 		t.Fatalf("cryo inspect %s: %v%s", image, err, exitStderr(err))
 	}
-	var s summary
+	var s ckSummary
 	if err := json.Unmarshal(out, &s); err != nil {
 		t.Fatalf("cryo inspect %s: %v:\n%s", image, err, out)
 	}
@@ -275,7 +275,7 @@ func exitStderr(err error) string {
 
 // assertCounterImage checks that a checkpoint summary is that of the counter shell of
 // container id: PID 1 running sh, with its sleep or mv child possibly.
-func assertCounterImage(t *testing.T, s summary, id string) {
+func assertCounterImage(t *testing.T, s ckSummary, id string) {
 	t.Helper()
 	if s.ContainerID != id {
 		t.Errorf("checkpoint records container %q, want %q", s.ContainerID, id)

@@ -31,10 +31,10 @@ func TestRuncShimCheckpointRestore(t *testing.T) {
 	id := containerID(t, runcRT, "c")
 	ref := "localhost/cryo-it/ck-" + id + ":1"
 	a := append([]string{"run", "-d"}, runcShimCryoFlags(d, d.Snapshotter, d.Bins().Cryo)...)
-	mustCtr(t, d, append(a, busybox, id, "sh", "-c", counterLoop)...)
+	mustCtr(t, d, append(a, busybox, id, "sh", "-c", tokenLoop)...)
 	t.Cleanup(func() { removeContainer(t, d, id) })
 	ti := waitStatus(t, d, id, "RUNNING")
-	before := waitCounter(t, ti.pid, 5)
+	before := waitToken(t, ti.pid, 5)
 	if before.pid != 1 {
 		t.Fatalf("counter shell is pid %d in its namespace, want 1", before.pid)
 	}
@@ -42,7 +42,7 @@ func TestRuncShimCheckpointRestore(t *testing.T) {
 	mustCtr(t, d, "containers", "checkpoint", "--task", id, ref)
 	t.Cleanup(func() { d.Ctr(testCtx(t), "images", "rm", ref) })
 	// leave-running: the original goes on counting with its token
-	after := waitCounter(t, ti.pid, before.n+3)
+	after := waitToken(t, ti.pid, before.n+3)
 	if after.token != before.token {
 		t.Fatalf("original restarted during checkpoint: %v then %v", before, after)
 	}
@@ -51,7 +51,7 @@ func TestRuncShimCheckpointRestore(t *testing.T) {
 	removeContainer(t, d, id)
 
 	// what cryo wrote into containerd's checkpoint directory is our OCI layout
-	assertCounterImage(t, inspect(t, checkpointLayout(t, d, ref)), id)
+	assertCounterImage(t, cryoInspect(t, checkpointLayout(t, d, ref)), id)
 	newID := containerID(t, runcRT, "r")
 	start := time.Now()
 	mustCtr(t, d, "containers", "restore", "--live", newID, ref)
@@ -69,15 +69,15 @@ func TestRuncShimTaskCheckpointExit(t *testing.T) {
 	d := sharedDaemon(t)
 	id := containerID(t, runcRT, "c")
 	a := append([]string{"run", "-d"}, runcShimCryoFlags(d, d.Snapshotter, d.Bins().Cryo)...)
-	mustCtr(t, d, append(a, busybox, id, "sh", "-c", counterLoop)...)
+	mustCtr(t, d, append(a, busybox, id, "sh", "-c", tokenLoop)...)
 	t.Cleanup(func() { removeContainer(t, d, id) })
 	ti := waitStatus(t, d, id, "RUNNING")
-	waitCounter(t, ti.pid, 3)
+	waitToken(t, ti.pid, 3)
 
 	// into a directory of ours, leaving the task running
 	dir := filepath.Join(t.TempDir(), "ck")
 	mustCtr(t, d, "tasks", "checkpoint", "--image-path", dir, id)
-	assertCounterImage(t, inspect(t, dir), id)
+	assertCounterImage(t, cryoInspect(t, dir), id)
 	if st := waitStatus(t, d, id, "RUNNING"); st.pid != ti.pid {
 		t.Fatalf("task pid changed from %d to %d by a leave-running checkpoint", ti.pid, st.pid)
 	}
@@ -89,7 +89,7 @@ func TestRuncShimTaskCheckpointExit(t *testing.T) {
 	}
 	t.Cleanup(func() { d.Ctr(testCtx(t), "images", "rm", ref) })
 	waitStatus(t, d, id, "STOPPED")
-	assertCounterImage(t, inspect(t, checkpointLayout(t, d, ref)), id)
+	assertCounterImage(t, cryoInspect(t, checkpointLayout(t, d, ref)), id)
 }
 
 // TestRuncShimAcrossReboot keeps a job across a "reboot": a counter with a long-lived child is
@@ -121,13 +121,13 @@ func TestRuncShimAcrossReboot(t *testing.T) {
 	id := containerID(t, runcRT, "c")
 	ref := "localhost/cryo-it/reboot:1"
 	a := append([]string{"run", "-d"}, runcShimCryoFlags(d1, d1.Snapshotter, env.bins.Cryo)...)
-	mustCtr(t, d1, append(a, busybox, id, "sh", "-c", treeLoop)...)
+	mustCtr(t, d1, append(a, busybox, id, "sh", "-c", tokenTreeLoop)...)
 	ti := waitStatus(t, d1, id, "RUNNING")
-	before := waitCounter(t, ti.pid, 3)
+	before := waitToken(t, ti.pid, 3)
 	sleeper := sleeperPid(t, ti.pid)
 
 	mustCtr(t, d1, "containers", "checkpoint", "--task", id, ref)
-	after := waitCounter(t, ti.pid, 0)
+	after := waitToken(t, ti.pid, 0)
 	archive := filepath.Join(t.TempDir(), "job.tar")
 	// (a checkpoint index has no image manifest: no Docker manifest.json for it)
 	mustCtr(t, d1, "images", "export", "--skip-manifest-json", archive, ref)

@@ -20,7 +20,7 @@ import (
 func TestCryoArchiveCheckpointRestore(t *testing.T) {
 	c := newCryoCLI(t)
 	id := "images-archive"
-	b, pid, _ := runCounter(t, c, id, counterLoop)
+	b, pid, _ := runTokenLoop(t, c, id, tokenLoop)
 	archive := filepath.Join(t.TempDir(), "ck.tar")
 	c.must("checkpoint", "--archive", archive, "--name", "job-1", id)
 	if slices.Contains(c.ids(), id) {
@@ -28,7 +28,7 @@ func TestCryoArchiveCheckpointRestore(t *testing.T) {
 	}
 	waitGone(t, pid)
 	// the bundle's rootfs is a plain directory: the file holds the last count written
-	last, err := readCounterFile(filepath.Join(b.dir, "rootfs/tmp/counter"))
+	last, err := readTokenFile(filepath.Join(b.dir, "rootfs/tmp/counter"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,7 +36,7 @@ func TestCryoArchiveCheckpointRestore(t *testing.T) {
 		t.Fatalf("archive %s: %v, mode %v, want 0600", archive, err, fi.Mode())
 	}
 
-	s := inspect(t, archive)
+	s := cryoInspect(t, archive)
 	assertCounterImage(t, s, id)
 	if s.Name != "job-1" || s.FormatRevision < 1 || s.Host.Kernel == "" || len(s.Host.CPUFeatures) == 0 {
 		t.Errorf("inspect: name %q revision %d host %+v", s.Name, s.FormatRevision, s.Host)
@@ -67,7 +67,7 @@ func TestCryoArchiveCheckpointRestore(t *testing.T) {
 func TestCryoCheckpointLsRm(t *testing.T) {
 	c := newCryoCLI(t)
 	id := "images-lsrm"
-	_, pid, _ := runCounter(t, c, id, counterLoop)
+	_, pid, _ := runTokenLoop(t, c, id, tokenLoop)
 	dir := publicDir(t, 0o777)
 	layout := filepath.Join(dir, "one")
 	archive := filepath.Join(dir, "two.tar")
@@ -108,19 +108,19 @@ func TestCryoCheckpointLsRm(t *testing.T) {
 	cryo := publicCryo(t)
 	rm := func(uid uint32, p string) (string, error) {
 		cmd := asUser(exec.Command(cryo, "--root", filepath.Join(dir, "state"), "checkpoint", "rm", p), uid, uid)
-		_, stderr, err := runCmd(cmd)
+		_, stderr, err := runCapture(cmd)
 		return stderr, err
 	}
 	stderr, err := rm(1001, archive)
 	if err == nil || !isExit(err) || !strings.Contains(stderr, "owned by uid 1000, not 1001") {
 		t.Fatalf("rm by uid 1001 of uid 1000's checkpoint: err %v, stderr %q; want refused", err, stderr)
 	}
-	inspect(t, archive) // still there, intact
+	cryoInspect(t, archive) // still there, intact
 	// a root-owned layout (private modes): refused for uid 1001 as well
 	if stderr, err := rm(1001, layout); err == nil {
 		t.Fatalf("rm by uid 1001 of root's checkpoint succeeded (%q)", stderr)
 	}
-	inspect(t, layout)
+	cryoInspect(t, layout)
 	// the owner may, root may
 	if stderr, err := rm(1000, archive); err != nil {
 		t.Fatalf("rm by the owner: %v: %s", err, stderr)
@@ -151,15 +151,15 @@ func TestCryoCheckpointLsRm(t *testing.T) {
 func TestCryoRestoreRefusals(t *testing.T) {
 	c := newCryoCLI(t)
 	id := "images-refuse"
-	orig, _, _ := runCounter(t, c, id, counterLoop)
+	orig, _, _ := runTokenLoop(t, c, id, tokenLoop)
 	image := filepath.Join(t.TempDir(), "ck")
 	c.must("checkpoint", "--image-path", image, id)
-	last, err := readCounterFile(filepath.Join(orig.dir, "rootfs/tmp/counter"))
+	last, err := readTokenFile(filepath.Join(orig.dir, "rootfs/tmp/counter"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	// a bundle other users can read (for the not-owner cases), with its own cgroup
-	b := newBundleIn(t, c, publicDir(t, 0o755), "restored", "sh", "-c", "exit 99")
+	b := newCLIBundleIn(t, c, publicDir(t, 0o755), "restored", "sh", "-c", "exit 99")
 	cg := b.spec.Linux.CgroupsPath
 	rid := "images-refuse-restored"
 	c.cleanup(rid)
@@ -187,7 +187,7 @@ func TestCryoRestoreRefusals(t *testing.T) {
 
 	t.Run("tampered", func(t *testing.T) {
 		cp := filepath.Join(t.TempDir(), "ck")
-		copyTree(t, image, cp)
+		copyLayout(t, image, cp)
 		blob := largestBlob(t, cp)
 		data, err := os.ReadFile(blob)
 		if err != nil {
@@ -202,14 +202,14 @@ func TestCryoRestoreRefusals(t *testing.T) {
 
 	t.Run("cpu-feature", func(t *testing.T) {
 		cp := filepath.Join(t.TempDir(), "ck")
-		copyTree(t, image, cp)
+		copyLayout(t, image, cp)
 		const feature = "cryo_it_no_such_cpu_feature"
 		editConfig(t, cp, func(cfg map[string]any) {
 			host := cfg["host"].(map[string]any)
 			host["cpuFeatures"] = append(host["cpuFeatures"].([]any), feature)
 		})
 		// the copy is a valid image: only the feature check can fail
-		s := inspect(t, cp)
+		s := cryoInspect(t, cp)
 		if !slices.Contains(s.Host.CPUFeatures, feature) {
 			t.Fatalf("edited config lacks %s: %v", feature, s.Host.CPUFeatures)
 		}
@@ -219,7 +219,7 @@ func TestCryoRestoreRefusals(t *testing.T) {
 	t.Run("not-owner", func(t *testing.T) {
 		dir := publicDir(t, 0o777)
 		cp := filepath.Join(dir, "ck")
-		copyTree(t, image, cp)
+		copyLayout(t, image, cp)
 		chownTree(t, cp, 1000, 1000)
 		cryo := publicCryo(t)
 		for _, tc := range []struct {

@@ -41,7 +41,7 @@ func (c *cryoCLI) cmd(args ...string) *exec.Cmd {
 
 // run runs cryo and returns its stdout, stderr and error.
 func (c *cryoCLI) run(args ...string) (string, string, error) {
-	return runCmd(c.cmd(args...))
+	return runCapture(c.cmd(args...))
 }
 
 // detached runs a cryo command that leaves a container running (run or restore --detach):
@@ -107,7 +107,7 @@ func (c *cryoCLI) must(args ...string) string {
 	return out
 }
 
-func runCmd(cmd *exec.Cmd) (string, string, error) {
+func runCapture(cmd *exec.Cmd) (string, string, error) {
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if cmd.Stdin == nil {
@@ -119,15 +119,15 @@ func runCmd(cmd *exec.Cmd) (string, string, error) {
 }
 
 // state is what `cryo state` prints that the tests use.
-type state struct {
+type cryoState struct {
 	ID     string `json:"id"`
 	Pid    int    `json:"pid"`
 	Status string `json:"status"`
 }
 
-func (c *cryoCLI) state(id string) state {
+func (c *cryoCLI) state(id string) cryoState {
 	c.t.Helper()
-	var st state
+	var st cryoState
 	if err := json.Unmarshal([]byte(c.must("state", id)), &st); err != nil {
 		c.t.Fatalf("cryo state %s: %v", id, err)
 	}
@@ -152,7 +152,7 @@ func (c *cryoCLI) cleanup(id string) {
 }
 
 // bundle is an OCI bundle of busybox for the standalone tests.
-type bundle struct {
+type cliBundle struct {
 	dir  string
 	spec *specs.Spec
 }
@@ -163,15 +163,15 @@ func cgroupName(t *testing.T, suffix string) string {
 	return "/cryo-it-images-" + strings.ToLower(name) + "-" + suffix
 }
 
-// newBundle makes a bundle whose rootfs holds busybox and whose config is `cryo spec`'s,
+// newCLIBundle makes a bundle whose rootfs holds busybox and whose config is `cryo spec`'s,
 // writable, without a terminal, running args in cgroup cgroupName(t, suffix).
-func newBundle(t *testing.T, c *cryoCLI, suffix string, args ...string) *bundle {
+func newCLIBundle(t *testing.T, c *cryoCLI, suffix string, args ...string) *cliBundle {
 	t.Helper()
-	return newBundleIn(t, c, t.TempDir(), suffix, args...)
+	return newCLIBundleIn(t, c, t.TempDir(), suffix, args...)
 }
 
-// newBundleIn is newBundle with the bundle made under parent.
-func newBundleIn(t *testing.T, c *cryoCLI, parent, suffix string, args ...string) *bundle {
+// newCLIBundleIn is newCLIBundle with the bundle made under parent.
+func newCLIBundleIn(t *testing.T, c *cryoCLI, parent, suffix string, args ...string) *cliBundle {
 	t.Helper()
 	dir := filepath.Join(parent, "bundle-"+suffix)
 	rootfs := filepath.Join(dir, "rootfs")
@@ -196,7 +196,7 @@ func newBundleIn(t *testing.T, c *cryoCLI, parent, suffix string, args ...string
 		t.Fatal(err)
 	}
 	c.must("spec", "--bundle", dir)
-	b := &bundle{dir: dir}
+	b := &cliBundle{dir: dir}
 	data, err := os.ReadFile(filepath.Join(dir, "config.json"))
 	if err != nil {
 		t.Fatal(err)
@@ -212,7 +212,7 @@ func newBundleIn(t *testing.T, c *cryoCLI, parent, suffix string, args ...string
 	return b
 }
 
-func (b *bundle) write(t *testing.T) {
+func (b *cliBundle) write(t *testing.T) {
 	t.Helper()
 	data, err := json.MarshalIndent(b.spec, "", "\t")
 	if err != nil {
@@ -225,16 +225,16 @@ func (b *bundle) write(t *testing.T) {
 
 // runCounter starts the counter workload detached as container id from a new bundle and
 // returns the bundle, the init's host PID and a first reading of at least 3.
-func runCounter(t *testing.T, c *cryoCLI, id string, script string) (*bundle, int, counter) {
+func runTokenLoop(t *testing.T, c *cryoCLI, id string, script string) (*cliBundle, int, reading) {
 	t.Helper()
-	b := newBundle(t, c, id, "sh", "-c", script)
+	b := newCLIBundle(t, c, id, "sh", "-c", script)
 	c.cleanup(id)
 	c.detached("run", "--detach", "--bundle", b.dir, id)
 	st := c.state(id)
 	if st.Status != "running" || st.Pid <= 0 {
 		t.Fatalf("cryo state %s: %+v", id, st)
 	}
-	return b, st.Pid, waitCounter(t, st.Pid, 3)
+	return b, st.Pid, waitToken(t, st.Pid, 3)
 }
 
 // cgroupLeft returns the cgroup directories named path in any hierarchy (v1 controllers and
@@ -319,7 +319,7 @@ func chownTree(t *testing.T, root string, uid, gid int) {
 }
 
 // copyTree copies a layout directory (regular files and directories).
-func copyTree(t *testing.T, from, to string) {
+func copyLayout(t *testing.T, from, to string) {
 	t.Helper()
 	err := filepath.Walk(from, func(p string, fi os.FileInfo, err error) error {
 		if err != nil {

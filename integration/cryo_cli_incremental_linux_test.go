@@ -17,25 +17,25 @@ import (
 func TestCryoIncrementalChain(t *testing.T) {
 	c := newCryoCLI(t)
 	id := "images-incr"
-	b, pid, _ := runCounter(t, c, id, counterLoop)
+	b, pid, _ := runTokenLoop(t, c, id, tokenLoop)
 	dir := t.TempDir()
 	links := []string{filepath.Join(dir, "c1"), filepath.Join(dir, "c2"), filepath.Join(dir, "c3")}
 	c.must("checkpoint", "--leave-running", "--image-path", links[0], id)
-	n := waitCounter(t, pid, 0).n
-	waitCounter(t, pid, n+2)
+	n := waitToken(t, pid, 0).n
+	waitToken(t, pid, n+2)
 	c.must("checkpoint", "--leave-running", "--parent-path", links[0], "--image-path", links[1], id)
-	n = waitCounter(t, pid, 0).n
-	waitCounter(t, pid, n+2)
+	n = waitToken(t, pid, 0).n
+	waitToken(t, pid, n+2)
 	c.must("checkpoint", "--parent-path", links[1], "--image-path", links[2], id)
 	waitGone(t, pid)
-	last, err := readCounterFile(filepath.Join(b.dir, "rootfs/tmp/counter"))
+	last, err := readTokenFile(filepath.Join(b.dir, "rootfs/tmp/counter"))
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	var sums []summary
+	var sums []ckSummary
 	for _, l := range links {
-		sums = append(sums, inspect(t, l))
+		sums = append(sums, cryoInspect(t, l))
 	}
 	if sums[0].Parent != "" {
 		t.Errorf("first checkpoint has parent %s", sums[0].Parent)
@@ -46,7 +46,7 @@ func TestCryoIncrementalChain(t *testing.T) {
 		}
 		var own int64
 		for _, l := range sums[i-1].Layers {
-			if !slices.ContainsFunc(sums[i].Layers, func(m layer) bool { return m.Digest == l.Digest }) {
+			if !slices.ContainsFunc(sums[i].Layers, func(m ckLayer) bool { return m.Digest == l.Digest }) {
 				t.Errorf("checkpoint %d does not list its parent's layer %s (%s)", i+1, l.Digest, l.MediaType)
 				continue
 			}

@@ -44,25 +44,43 @@ type Inet struct {
 // Conn is a sock_diag netlink socket bound to a network namespace.
 type Conn struct{ fd int }
 
-// InNetns runs f on a fresh OS thread that joined the network namespace of
-// pid; the thread is thrown away afterwards (the goroutine exits locked).
+// InNetns runs f on an OS thread that joined the network namespace of pid,
+// and takes the thread back to its own namespace afterwards. The thread is
+// never simply thrown away (a locked goroutine that exits ends its thread):
+// a process started from that thread with a parent-death signal (Go's
+// SysProcAttr.Pdeathsig) would receive it. Only when going back fails is the
+// thread left to end, locked.
 func InNetns(pid int, f func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		// Never unlocked: the runtime ends the thread with the goroutine.
+		back, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("open own net namespace: %w", err)
+			return
+		}
+		defer unix.Close(back)
 		ns, err := unix.Open(fmt.Sprintf("/proc/%d/ns/net", pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("open net namespace of %d: %w", pid, err)
 			return
 		}
 		err = unix.Setns(ns, unix.CLONE_NEWNET)
 		unix.Close(ns)
 		if err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("join net namespace of %d: %w", pid, err)
 			return
 		}
-		errc <- f()
+		ferr := f()
+		if err := unix.Setns(back, unix.CLONE_NEWNET); err != nil {
+			errc <- errors.Join(ferr, fmt.Errorf("return to own net namespace: %w", err))
+			return // still locked: the runtime ends this thread
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
 	}()
 	return <-errc
 }

@@ -379,9 +379,15 @@ func (d *dumper) finish(ok bool) error {
 		for _, t := range d.tasks {
 			_ = unix.Kill(t.pid, unix.SIGKILL)
 		}
-		for _, t := range d.tasks {
-			for _, th := range t.threads {
-				_, _ = ptrace.Wait(th.tid)
+		// Children first, leaders last: a dying PID-namespace init waits for
+		// the other tasks of its namespace, which wait for their tracer.
+		for i := len(d.tasks) - 1; i >= 0; i-- {
+			t := d.tasks[i]
+			for j := len(t.threads) - 1; j >= 0; j-- {
+				if j == 0 && t.stat.PPid == os.Getpid() {
+					continue // our own child: its owner reaps it
+				}
+				waitGone(t.threads[j].tid)
 			}
 		}
 	} else {
@@ -408,6 +414,21 @@ func (d *dumper) finish(ok bool) error {
 	}
 	d.files.close()
 	return errors.Join(errs...)
+}
+
+// waitGone collects the ptrace notifications of a killed tracee until it is
+// gone, which hands it to its real parent. It must not be called for a
+// thread-group leader whose real parent is this process: that wait would
+// reap it under the feet of whoever owns it.
+func waitGone(tid int) {
+	for {
+		ws, err := ptrace.Wait(tid)
+		if err != nil || ws.Exited() || ws.Signaled() {
+			return
+		}
+		// A stop reported before the SIGKILL took effect: let it die.
+		_ = ptrace.Cont(tid, 0)
+	}
 }
 
 // queueSignal queues a raw siginfo to the thread (or its process, shared) by
@@ -592,6 +613,20 @@ func (d *dumper) dumpTask(ctx context.Context, t *dtask) error {
 	for _, f := range rec.Fds {
 		if f.Path != "" {
 			t.info.Files = append(t.info.Files, f.Path)
+		}
+	}
+	// A session leader with a controlling terminal: it gets it back at
+	// restore through the fd that refers to it.
+	if t.stat.TtyNr != 0 && rec.Sid == rec.Pid {
+		for _, f := range rec.Fds {
+			rec.Ctty = rec.Ctty || f.Tty
+		}
+		if !rec.Ctty {
+			maj, min := procfs.TtyDev(t.stat.TtyNr)
+			return fmt.Errorf("%w: its controlling terminal %d:%d is not one of its open external fds", ErrUnsupported, maj, min)
+		}
+		if fg := d.byPid[t.stat.Tpgid]; fg != nil {
+			rec.Tpgid = fg.nspid
 		}
 	}
 	return nil

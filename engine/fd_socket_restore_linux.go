@@ -518,15 +518,7 @@ func (r *restorer) finishSockets() error {
 	if sr == nil {
 		return nil
 	}
-	defer func() {
-		for _, c := range sr.copies {
-			unix.Close(c)
-		}
-		for _, w := range sr.writers {
-			unix.Close(w)
-		}
-		sr.copies, sr.writers = nil, nil
-	}()
+	defer r.dropSockets()
 	for _, id := range sr.order {
 		s := sr.byID[id]
 		if err := r.refill(s); err != nil {
@@ -574,6 +566,21 @@ func (r *restorer) finishSockets() error {
 	}
 	sr.repair = nil
 	return nil
+}
+
+// dropSockets closes the engine's copies of the restored sockets.
+func (r *restorer) dropSockets() {
+	sr := r.socks
+	if sr == nil {
+		return
+	}
+	for _, c := range sr.copies {
+		unix.Close(c)
+	}
+	for _, w := range sr.writers {
+		unix.Close(w)
+	}
+	sr.copies, sr.writers = nil, nil
 }
 
 // refill puts back what waited in the receive queue of s.

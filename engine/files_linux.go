@@ -41,11 +41,12 @@ type fileTable struct {
 	pipeRefs  map[uint64]openRef
 	pipeOrder []uint64
 	socks     *sockTable // fd_socket_linux.go
+	fifoPaths map[uint64]string
 	shmems    *shmemTable
 }
 
 func newFileTable() *fileTable {
-	return &fileTable{byInode: map[[2]uint64][]openRef{}, pipeRefs: map[uint64]openRef{}}
+	return &fileTable{byInode: map[[2]uint64][]openRef{}, pipeRefs: map[uint64]openRef{}, fifoPaths: map[uint64]string{}}
 }
 
 func (ft *fileTable) close() { ft.closeSockets() }
@@ -207,6 +208,10 @@ func (ft *fileTable) dumpFd(t *dtask, fd int) (*image.Fd, error) {
 			return out, nil
 		}
 		if isExternal() {
+			if t.stat.TtyNr != 0 {
+				maj, min := procfs.TtyDev(t.stat.TtyNr)
+				out.Tty = unix.Major(st.Rdev) == maj && unix.Minor(st.Rdev) == min
+			}
 			return out, nil
 		}
 		return nil, fmt.Errorf("%s: character device %d:%d is %w yet", target, unix.Major(st.Rdev), unix.Minor(st.Rdev), ErrUnsupported)
@@ -214,7 +219,14 @@ func (ft *fileTable) dumpFd(t *dtask, fd int) (*image.Fd, error) {
 		if isExternal() {
 			return out, nil
 		}
-		return nil, fmt.Errorf("%s: FIFOs are %w yet", target, ErrUnsupported)
+		// A FIFO: reopened by path at restore; its bytes are dumped like a pipe's.
+		out.Kind, out.Pipe, out.Pos = image.FdFifo, st.Ino, 0
+		if _, ok := ft.pipeRefs[st.Ino]; !ok {
+			ft.pipeRefs[st.Ino] = openRef{pid: t.pid, fd: fd}
+			ft.pipeOrder = append(ft.pipeOrder, st.Ino)
+			ft.fifoPaths[st.Ino] = path
+		}
+		return out, nil
 	}
 	return nil, fmt.Errorf("%s: file type %#o is %w yet", target, mode, ErrUnsupported)
 }
@@ -229,7 +241,7 @@ func (ft *fileTable) dumpPipes(inv *image.Inventory) error {
 		if err != nil {
 			return fmt.Errorf("pipe:[%d] (pid %d fd %d): %w", ino, ref.pid, ref.fd, err)
 		}
-		p.ID = ino
+		p.ID, p.Fifo = ino, ft.fifoPaths[ino]
 		inv.Pipes = append(inv.Pipes, *p)
 	}
 	return nil

@@ -136,23 +136,24 @@ func Restore(ctx context.Context, opts RestoreOptions) (*RestoreResult, error) {
 // killAll kills every task of a failed restore (the stub included: a half
 // rebuilt init is of no use) and releases them.
 func (r *restorer) killAll() {
+	r.dropSockets()
+	ours := map[int]bool{}
 	for _, rt := range r.tasks {
 		if rt.hostPid > 0 {
+			if st, err := procfs.ReadStat(rt.hostPid); err == nil && st.PPid == os.Getpid() {
+				ours[rt.hostPid] = true
+			}
 			_ = unix.Kill(rt.hostPid, unix.SIGKILL)
 		}
 	}
-	// Children first: a dying PID 1 waits for its children, whose exit the
-	// tracer must collect before anyone can reap them.
+	// Collect the ptrace exit notifications so that the real parents can
+	// reap: children first (a dying PID-namespace init waits for the others).
 	for i := len(r.tasks) - 1; i >= 0; i-- {
 		rt := r.tasks[i]
-		for _, th := range rt.threads {
-			th.close()
-			// Collect the ptrace exit notification so the real parent can reap.
-			for {
-				ws, err := ptrace.Wait(th.tid)
-				if err != nil || ws.Exited() || ws.Signaled() {
-					break
-				}
+		for j := len(rt.threads) - 1; j >= 0; j-- {
+			rt.threads[j].close()
+			if !ours[rt.threads[j].tid] {
+				waitGone(rt.threads[j].tid)
 			}
 		}
 	}

@@ -150,6 +150,11 @@ type Task struct {
 	Zombie   bool `json:"zombie,omitempty"`
 	ExitCode int  `json:"exit_code,omitempty"`
 
+	// Ctty says the task is a session leader whose controlling terminal is
+	// the fd marked Tty; Tpgid is the terminal's foreground process group.
+	Ctty  bool `json:"ctty,omitempty"`
+	Tpgid int  `json:"tpgid,omitempty"`
+
 	Threads []Thread `json:"threads,omitempty"`
 	Mm      *Mm      `json:"mm,omitempty"`
 	Fds     []Fd     `json:"fds,omitempty"`
@@ -334,6 +339,7 @@ const (
 	FdSignalfd = "signalfd" // a signalfd with its mask
 	FdTimerfd  = "timerfd"  // a timerfd with its clock, remaining time and ticks
 	FdMemfd    = "memfd"    // a memfd, the Inventory.Shmems object Shmem
+	FdFifo     = "fifo"     // a FIFO reopened by Path; its bytes are in Inventory.Pipes
 )
 
 // EpollTarget is one fd registered in an epoll instance (the fd number in
@@ -372,6 +378,8 @@ type Fd struct {
 	Shmem uint64 `json:"shmem,omitempty"`
 	// Stdio is the index (0, 1, 2) of the restore stdio an external fd is reconnected to.
 	Stdio int `json:"stdio,omitempty"`
+	// Tty marks the fd of the task's controlling terminal (Task.Ctty).
+	Tty bool `json:"tty,omitempty"`
 	// EventfdCount and EventfdSemaphore describe an eventfd.
 	EventfdCount     uint64 `json:"eventfd_count,omitempty"`
 	EventfdSemaphore bool   `json:"eventfd_semaphore,omitempty"`

@@ -114,7 +114,7 @@ func (t *Task) Validate() error {
 		}
 		fds[f.Fd] = true
 		switch f.Kind {
-		case FdFile, FdDevice:
+		case FdFile, FdDevice, FdFifo:
 			if f.Path == "" || f.Path[0] != '/' {
 				return bad("task %d fd %d: path %q is not absolute", t.Pid, f.Fd, f.Path)
 			}

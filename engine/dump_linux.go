@@ -133,7 +133,7 @@ func (d *dumper) run(ctx context.Context) error {
 	if err := d.files.dumpPipes(&d.inv); err != nil {
 		return err
 	}
-	if err := d.dumpSockets(); err != nil {
+	if err := d.dumpFdObjects(); err != nil {
 		return err
 	}
 	d.shmems.inventory(&d.inv)

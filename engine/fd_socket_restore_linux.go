@@ -40,6 +40,9 @@ type sockRestore struct {
 	order   []uint64
 	// repair are the TCP sockets still in repair mode.
 	repair []uint64
+	// ghosts say which task holds the restored deleted file of an inode
+	// (fd_event_linux.go).
+	ghosts map[uint64]holder
 }
 
 // prepareSockets reads the socket record and restores the network
@@ -50,7 +53,7 @@ func (r *restorer) prepareSockets() error {
 		return err
 	}
 	sr := &sockRestore{rec: rec, byID: map[uint64]*image.Socket{}, held: map[uint64]holder{}, copies: map[uint64]int{},
-		pendingIn: map[uint64]uint64{}, writers: map[uint64]int{}}
+		pendingIn: map[uint64]uint64{}, writers: map[uint64]int{}, ghosts: map[uint64]holder{}}
 	for i := range rec.Sockets {
 		s := &rec.Sockets[i]
 		sr.byID[s.ID] = s

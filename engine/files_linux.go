@@ -41,6 +41,7 @@ type fileTable struct {
 	pipeRefs  map[uint64]openRef
 	pipeOrder []uint64
 	socks     *sockTable // fd_socket_linux.go
+	ghosts    []ghostRef // fd_event_linux.go
 	fifoPaths map[uint64]string
 	shmems    *shmemTable
 }
@@ -180,6 +181,9 @@ func (ft *fileTable) dumpFd(t *dtask, fd int) (*image.Fd, error) {
 		if out.Kind != "" {
 			return out, nil
 		}
+		if target == "anon_inode:inotify" {
+			return ft.dumpInotify(t, out, fi) // fd_event_linux.go
+		}
 		return nil, fmt.Errorf("%s: %s files are %w yet", target, strings.TrimPrefix(target, "anon_inode:"), ErrUnsupported)
 	case !strings.HasPrefix(target, "/"):
 		return nil, fmt.Errorf("%s: this kind of file is %w yet", target, ErrUnsupported)
@@ -191,7 +195,7 @@ func (ft *fileTable) dumpFd(t *dtask, fd int) (*image.Fd, error) {
 		out.Kind, out.Shmem = image.FdMemfd, st.Ino
 		return out, nil
 	case strings.HasSuffix(target, " (deleted)"):
-		return nil, fmt.Errorf("%s: open deleted files are %w yet", target, ErrUnsupported)
+		return ft.dumpDeleted(t, fd, out, target, &st) // fd_event_linux.go
 	}
 	path, err := inRoot(t.root, target)
 	if err != nil {

@@ -150,6 +150,16 @@ func (r *restorer) installFd(rt *rtask, f image.Fd, base int) error {
 			if src, fresh, err = r.socketFd(rt, f, base); err != nil {
 				return err
 			}
+		case image.FdInotify:
+			if src, err = r.inotifyFd(rt, f); err != nil {
+				return err
+			}
+			fresh = true
+		case image.FdDeleted:
+			if src, err = r.deletedFd(rt, f, base); err != nil {
+				return err
+			}
+			fresh = true
 		case image.FdFifo:
 			if err := r.fifoKeeper(rt, f); err != nil {
 				return err

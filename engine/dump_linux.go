@@ -136,6 +136,9 @@ func (d *dumper) run(ctx context.Context) error {
 	if err := d.dumpFdObjects(); err != nil {
 		return err
 	}
+	if err := d.files.unix.finish(&d.inv); err != nil {
+		return err
+	}
 	d.shmems.inventory(&d.inv)
 	d.result.PageBytes += d.shmems.bytes
 	d.result.PageFiles = append(d.result.PageFiles, d.shmems.files...)

@@ -1,27 +1,22 @@
 package engine
 
-// Event and object fds beyond the core's eventfd/signalfd/timerfd/epoll:
-// inotify instances (their watches are found again by path: fdinfo gives
-// each watched inode as a file handle, which open_by_handle_at turns into a
-// path), files deleted while open (their content is saved and they come back
-// as an O_TMPFILE in the directory they were in), and the check that every
-// epoll target still is the file its fd number names (kcmp KCMP_EPOLL_TFD).
+// Object fds beyond the core's: files deleted while open (their content is
+// saved and they come back as an O_TMPFILE in the directory they were in),
+// and the check that every epoll target still is the file its fd number
+// names (kcmp KCMP_EPOLL_TFD). (Inotify lives in inotify_linux.go.)
 
 import (
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/cryo-run/cryo/engine/image"
-	"github.com/cryo-run/cryo/engine/internal/procfs"
 )
 
 // dumpFdObjects runs once every task's fds are known, with the tree still
@@ -34,133 +29,6 @@ func (d *dumper) dumpFdObjects() error {
 		return err
 	}
 	return d.dumpSockets()
-}
-
-// inotifyWatch is one "inotify" line of an fdinfo.
-type inotifyWatch struct {
-	wd         int
-	ino, sdev  uint64
-	mask       uint32
-	handleType int32
-	handle     []byte
-}
-
-func parseInotify(extra string) ([]inotifyWatch, error) {
-	var out []inotifyWatch
-	for _, line := range strings.Split(extra, "\n") {
-		if strings.TrimSpace(line) == "" {
-			continue
-		}
-		kv := map[string]string{}
-		for _, f := range strings.Fields(line) {
-			if k, v, ok := strings.Cut(f, ":"); ok {
-				kv[k] = v
-			}
-		}
-		var w inotifyWatch
-		wd, err1 := strconv.Atoi(kv["wd"])
-		ino, err2 := strconv.ParseUint(kv["ino"], 16, 64)
-		sdev, err3 := strconv.ParseUint(kv["sdev"], 16, 64)
-		mask, err4 := strconv.ParseUint(kv["mask"], 16, 32)
-		if err := errors.Join(err1, err2, err3, err4); err != nil {
-			return nil, fmt.Errorf("inotify fdinfo %q: %w", line, err)
-		}
-		w.wd, w.ino, w.sdev, w.mask = wd, ino, sdev, uint32(mask)
-		if h, ok := kv["f_handle"]; ok {
-			typ, err := strconv.ParseInt(kv["fhandle-type"], 16, 32)
-			if err != nil {
-				return nil, fmt.Errorf("inotify fdinfo %q: %w", line, err)
-			}
-			if w.handle, err = hex.DecodeString(h); err != nil {
-				return nil, fmt.Errorf("inotify fdinfo %q: %w", line, err)
-			}
-			w.handleType = int32(typ)
-		}
-		out = append(out, w)
-	}
-	return out, nil
-}
-
-func (ft *fileTable) dumpInotify(t *dtask, out *image.Fd, fi *procfs.Fdinfo) (*image.Fd, error) {
-	// procfs cut "inotify wd:1 ino:..." at its first colon.
-	var lines []string
-	for _, v := range strings.Split(fi.Extra["inotify wd"], "\n") {
-		if v != "" {
-			lines = append(lines, "wd:"+v)
-		}
-	}
-	watches, err := parseInotify(strings.Join(lines, "\n"))
-	if err != nil {
-		return nil, err
-	}
-	out.Kind, out.Pos = image.FdInotify, 0
-	for _, w := range watches {
-		p, err := watchPath(t, w)
-		if err != nil {
-			return nil, fmt.Errorf("anon_inode:inotify: watch %d (inode %d on device %d:%d): %w", w.wd, w.ino, w.sdev>>20, w.sdev&0xfffff, err)
-		}
-		out.Inotify = append(out.Inotify, image.InotifyWatch{Wd: w.wd, Mask: w.mask, Path: p})
-	}
-	// Watches are added back in wd order, which is the order they were given.
-	for i := 1; i < len(out.Inotify); i++ {
-		for j := i; j > 0 && out.Inotify[j].Wd < out.Inotify[j-1].Wd; j-- {
-			out.Inotify[j], out.Inotify[j-1] = out.Inotify[j-1], out.Inotify[j]
-		}
-	}
-	return out, nil
-}
-
-// watchPath finds the path (in the task's root) of a watched inode: its file
-// handle opened on a mount of its filesystem seen by the task.
-func watchPath(t *dtask, w inotifyWatch) (string, error) {
-	if w.handle == nil {
-		return "", fmt.Errorf("%w: the kernel gave no file handle for the watched inode", ErrUnsupported)
-	}
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", t.pid))
-	if err != nil {
-		return "", err
-	}
-	want := fmt.Sprintf("%d:%d", w.sdev>>20, w.sdev&0xfffff)
-	var lastErr error = fmt.Errorf("%w: no mount of device %s in the task's mount namespace", ErrUnsupported, want)
-	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 5 || f[2] != want {
-			continue
-		}
-		mnt, err := unix.Open(fmt.Sprintf("/proc/%d/root%s", t.pid, f[4]), unix.O_RDONLY|unix.O_CLOEXEC, 0) // open_by_handle_at refuses O_PATH
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		fd, err := unix.OpenByHandleAt(mnt, unix.NewFileHandle(w.handleType, w.handle), unix.O_PATH|unix.O_CLOEXEC)
-		unix.Close(mnt)
-		if err != nil {
-			lastErr = fmt.Errorf("open_by_handle_at: %w", err)
-			continue
-		}
-		var st unix.Stat_t
-		serr := unix.Fstat(fd, &st)
-		p, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
-		unix.Close(fd)
-		if serr != nil || err != nil {
-			lastErr = errors.Join(serr, err)
-			continue
-		}
-		if st.Ino != w.ino {
-			lastErr = fmt.Errorf("file handle resolved to inode %d", st.Ino)
-			continue
-		}
-		if strings.HasSuffix(p, " (deleted)") {
-			return "", fmt.Errorf("%w: the watched inode was deleted", ErrUnsupported)
-		}
-		rel, err := inRoot(t.root, p)
-		if err != nil {
-			lastErr = fmt.Errorf("%w: watched inode found at %s, not reachable from the task root", ErrUnsupported, p)
-			continue
-		}
-		return rel, nil
-	}
-	return "", lastErr
 }
 
 // ghostRef is a file deleted while open, found at pid/fd.
@@ -251,60 +119,6 @@ func (d *dumper) checkEpolls() error {
 		}
 	}
 	return nil
-}
-
-// inotifyFd creates an inotify instance in rt with the saved watches.
-func (r *restorer) inotifyFd(rt *rtask, f image.Fd) (uint64, error) {
-	t := rt.lead()
-	fd, err := t.sys("inotify_init1", unix.SYS_INOTIFY_INIT1, uint64(f.Flags&unix.O_NONBLOCK)|unix.IN_CLOEXEC)
-	if err != nil {
-		return 0, err
-	}
-	removed := false
-	for _, w := range f.Inotify {
-		if err := t.writeMem(r.scratch, append([]byte(w.Path), 0)); err != nil {
-			return 0, err
-		}
-		// wds are handed out in increasing order: take (and drop) numbers
-		// until the saved one comes.
-		for {
-			wd, err := t.sys("inotify_add_watch "+w.Path, unix.SYS_INOTIFY_ADD_WATCH, fd, r.scratch, uint64(w.Mask))
-			if err != nil {
-				return 0, err
-			}
-			if int(wd) == w.Wd {
-				break
-			}
-			if int(wd) > w.Wd || w.Wd-int(wd) > 1<<16 {
-				return 0, fmt.Errorf("inotify watch on %s got wd %d, want %d", w.Path, wd, w.Wd)
-			}
-			if _, err := t.sys("inotify_rm_watch", unix.SYS_INOTIFY_RM_WATCH, fd, wd); err != nil {
-				return 0, err
-			}
-			removed = true
-		}
-	}
-	if removed {
-		// Drop the IN_IGNORED events of the removed watches.
-		c, err := getfd(rt.hostPid, int(fd))
-		if err != nil {
-			return 0, err
-		}
-		defer unix.Close(c)
-		if err := unix.SetNonblock(c, true); err != nil {
-			return 0, err
-		}
-		buf := make([]byte, 1<<16)
-		for {
-			if _, err := unix.Read(c, buf); err != nil {
-				break
-			}
-		}
-		if err := unix.SetNonblock(c, f.Flags&unix.O_NONBLOCK != 0); err != nil {
-			return 0, err
-		}
-	}
-	return fd, nil
 }
 
 // deletedFd opens, in rt, a new description of the restored deleted file of

@@ -44,10 +44,11 @@ type fileTable struct {
 	ghosts    []ghostRef // fd_event_linux.go
 	fifoPaths map[uint64]string
 	shmems    *shmemTable
+	unix      *unixTable
 }
 
 func newFileTable() *fileTable {
-	return &fileTable{byInode: map[[2]uint64][]openRef{}, pipeRefs: map[uint64]openRef{}, fifoPaths: map[uint64]string{}}
+	return &fileTable{byInode: map[[2]uint64][]openRef{}, pipeRefs: map[uint64]openRef{}, fifoPaths: map[uint64]string{}, unix: newUnixTable()}
 }
 
 func (ft *fileTable) close() { ft.closeSockets() }
@@ -174,15 +175,17 @@ func (ft *fileTable) dumpFd(t *dtask, fd int) (*image.Fd, error) {
 			return out, nil
 		}
 		return ft.dumpSocket(t, fd, out, &st)
+	case target == "anon_inode:inotify":
+		if err := dumpInotify(t, out, fi); err != nil {
+			return nil, fmt.Errorf("%s: %w", target, err)
+		}
+		return out, nil
 	case strings.HasPrefix(target, "anon_inode:"):
 		if err := dumpAnon(out, target, fi); err != nil {
 			return nil, err
 		}
 		if out.Kind != "" {
 			return out, nil
-		}
-		if target == "anon_inode:inotify" {
-			return ft.dumpInotify(t, out, fi) // fd_event_linux.go
 		}
 		return nil, fmt.Errorf("%s: %s files are %w yet", target, strings.TrimPrefix(target, "anon_inode:"), ErrUnsupported)
 	case !strings.HasPrefix(target, "/"):

@@ -69,6 +69,9 @@ type restorer struct {
 	// holds an fd of each one created so far.
 	shmems       map[uint64]*image.Shmem
 	shmemHolders map[uint64]holder
+	// unixSocks are the unix sockets; sockEnds say which task holds each end.
+	unixSocks map[uint64]*image.UnixSocket
+	sockEnds  map[uint64]holder
 	// stdio is the helper holding RestoreOptions.Stdio, started when needed.
 	stdio *stdioHelper
 }
@@ -89,6 +92,10 @@ func Restore(ctx context.Context, opts RestoreOptions) (*RestoreResult, error) {
 	}
 	r := &restorer{opts: opts, inv: inv, byPid: map[int]*rtask{}, files: map[uint64]holder{}, pipeEnds: map[pipeEnd]holder{}, pipes: map[uint64]*image.Pipe{},
 		shmems: map[uint64]*image.Shmem{}, shmemHolders: map[uint64]holder{}}
+	r.unixSocks, r.sockEnds = map[uint64]*image.UnixSocket{}, map[uint64]holder{}
+	for i := range inv.UnixSockets {
+		r.unixSocks[inv.UnixSockets[i].ID] = &inv.UnixSockets[i]
+	}
 	for i := range inv.Shmems {
 		r.shmems[inv.Shmems[i].ID] = &inv.Shmems[i]
 	}

@@ -150,22 +150,26 @@ func (r *restorer) installFd(rt *rtask, f image.Fd, base int) error {
 			if src, fresh, err = r.socketFd(rt, f, base); err != nil {
 				return err
 			}
-		case image.FdInotify:
-			if src, err = r.inotifyFd(rt, f); err != nil {
-				return err
-			}
-			fresh = true
 		case image.FdDeleted:
 			if src, err = r.deletedFd(rt, f, base); err != nil {
 				return err
 			}
 			fresh = true
+		case image.FdUnix:
+			if src, fresh, err = r.unixEnd(rt, f); err != nil {
+				return err
+			}
 		case image.FdFifo:
 			if err := r.fifoKeeper(rt, f); err != nil {
 				return err
 			}
 			flags := uint64(f.Flags) &^ (unix.O_CREAT | unix.O_EXCL | unix.O_TRUNC | unix.O_NOCTTY)
 			if src, err = r.openIn(t, f.Path, flags|unix.O_CLOEXEC); err != nil {
+				return err
+			}
+			fresh = true
+		case image.FdInotify:
+			if src, err = r.createInotify(rt, f); err != nil {
 				return err
 			}
 			fresh = true
@@ -223,6 +227,13 @@ func (r *restorer) installFd(rt *rtask, f image.Fd, base int) error {
 	}
 	if _, ok := r.files[f.File]; !ok && f.Kind != image.FdExternal {
 		r.files[f.File] = holder{rt, f.Fd}
+		// Status flags (O_NONBLOCK...) of a description made by pipe2 or
+		// socketpair, set once, when the description is first installed.
+		if st := uint64(f.Flags) &^ unix.O_ACCMODE; st != 0 && (f.Kind == image.FdPipe || f.Kind == image.FdUnix) {
+			if _, err := t.sys("fcntl(F_SETFL)", unix.SYS_FCNTL, uint64(f.Fd), unix.F_SETFL, st); err != nil {
+				return err
+			}
+		}
 	}
 	if f.Kind == image.FdExternal {
 		// The saved status flags (O_NONBLOCK, O_APPEND) of the stdio description.
@@ -415,15 +426,9 @@ func (r *restorer) pipeEnd(rt *rtask, f image.Fd, base int) (uint64, bool, error
 	if err := r.fillPipe(rt, int(ends[1]), p); err != nil {
 		return 0, false, err
 	}
-	// Status flags (O_NONBLOCK...) belong to the open file description.
 	end := ends[1]
 	if read {
 		end = ends[0]
-	}
-	if st := uint64(f.Flags) &^ unix.O_ACCMODE; st != 0 {
-		if _, err := t.sys("fcntl(F_SETFL)", unix.SYS_FCNTL, end, unix.F_SETFL, st); err != nil {
-			return 0, false, err
-		}
 	}
 	return end, false, nil
 }

@@ -93,6 +93,8 @@ type Inventory struct {
 	Tasks []int `json:"tasks"`
 	// Pipes are the pipes (and FIFOs) that fds of the tree refer to.
 	Pipes []Pipe `json:"pipes,omitempty"`
+	// UnixSockets are the unix socket pairs that fds of the tree refer to.
+	UnixSockets []UnixSocket `json:"unix_sockets,omitempty"`
 	// Shmems are the shared memory objects (shared anonymous memory, memfd)
 	// that mappings and fds of the tree refer to.
 	Shmems []Shmem `json:"shmems,omitempty"`
@@ -340,7 +342,29 @@ const (
 	FdTimerfd  = "timerfd"  // a timerfd with its clock, remaining time and ticks
 	FdMemfd    = "memfd"    // a memfd, the Inventory.Shmems object Shmem
 	FdFifo     = "fifo"     // a FIFO reopened by Path; its bytes are in Inventory.Pipes
+	FdInotify  = "inotify"  // an inotify instance with its watches (queued events are lost)
+	FdUnix     = "unix"     // one end of a connected pair of unix sockets, both in the tree
 )
+
+// UnixSocket is one end of a connected pair of unbound unix sockets
+// (socketpair), whose peer is in the tree too.
+type UnixSocket struct {
+	ID   uint64 `json:"id"` // its inode at dump time
+	Peer uint64 `json:"peer"`
+	Type int    `json:"type"` // SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET
+	// Queue are the bytes waiting to be received on this end.
+	Queue []byte `json:"queue,omitempty"`
+	// Shutdown holds the shutdown bits (1: receive, 2: send).
+	Shutdown int `json:"shutdown,omitempty"`
+}
+
+// InotifyWatch is one watch of an inotify instance.
+type InotifyWatch struct {
+	Wd   int    `json:"wd"`
+	Mask uint32 `json:"mask"`
+	// Path is the watched file, relative to the task root.
+	Path string `json:"path"`
+}
 
 // EpollTarget is one fd registered in an epoll instance (the fd number in
 // the task that holds the epoll fd).
@@ -374,6 +398,9 @@ type Fd struct {
 	File uint64 `json:"file"`
 	// Pipe is the Inventory.Pipes ID of a pipe end.
 	Pipe uint64 `json:"pipe,omitempty"`
+	// Socket is the socket of a FdSocket (its ID in sockets.json) or of a
+	// FdUnix (its Inventory.UnixSockets ID).
+	Socket uint64 `json:"socket,omitempty"`
 	// Shmem is the Inventory.Shmems ID of a memfd.
 	Shmem uint64 `json:"shmem,omitempty"`
 	// Stdio is the index (0, 1, 2) of the restore stdio an external fd is reconnected to.
@@ -389,10 +416,10 @@ type Fd struct {
 	SignalfdMask uint64 `json:"signalfd_mask,omitempty"`
 	// Timerfd is the state of a timerfd.
 	Timerfd *Timerfd `json:"timerfd,omitempty"`
-	// Socket, Inotify and Ghost describe the kinds of fdkinds.go.
-	Socket  uint64         `json:"socket,omitempty"`
+	// Inotify lists the watches of an inotify instance, by descriptor.
 	Inotify []InotifyWatch `json:"inotify,omitempty"`
-	Ghost   *Ghost         `json:"ghost,omitempty"`
+	// Ghost is the content of a FdDeleted file (fdkinds.go).
+	Ghost *Ghost `json:"ghost,omitempty"`
 }
 
 // WriteFile writes a record as JSON into dir/name with mode 0600.

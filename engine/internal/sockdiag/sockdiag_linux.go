@@ -16,8 +16,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Unix is what sock_diag says about one unix socket.
-type Unix struct {
+// UnixInfo is what sock_diag says about one unix socket.
+type UnixInfo struct {
 	Ino   uint64
 	Type  int
 	State int // TCP_ESTABLISHED (1), TCP_CLOSE (7), TCP_LISTEN (10)
@@ -165,11 +165,8 @@ func attrs(b []byte) []attr {
 
 // Unix attributes and show flags of <linux/unix_diag.h>.
 const (
-	udiagShowName     = 0x01
 	udiagShowVFS      = 0x02
-	udiagShowPeer     = 0x04
 	udiagShowIcons    = 0x08
-	udiagShowRqlen    = 0x10
 	unixDiagName      = 0
 	unixDiagVFS       = 1
 	unixDiagPeer      = 2
@@ -180,7 +177,7 @@ const (
 )
 
 // UnixSockets returns every unix socket of the namespace by inode.
-func (c *Conn) UnixSockets() (map[uint64]*Unix, error) {
+func (c *Conn) UnixSockets() (map[uint64]*UnixInfo, error) {
 	req := make([]byte, 24)
 	le := binary.LittleEndian
 	req[0] = unix.AF_UNIX
@@ -188,12 +185,12 @@ func (c *Conn) UnixSockets() (map[uint64]*Unix, error) {
 	le.PutUint32(req[12:], udiagShowName|udiagShowVFS|udiagShowPeer|udiagShowIcons|udiagShowRqlen) // UNIX_DIAG_SHUTDOWN comes always
 	le.PutUint32(req[16:], 0xffffffff)
 	le.PutUint32(req[20:], 0xffffffff)
-	out := map[uint64]*Unix{}
+	out := map[uint64]*UnixInfo{}
 	err := c.dump(req, func(m []byte) {
 		if len(m) < sizeofUnixDiagMsg {
 			return
 		}
-		u := &Unix{Type: int(m[1]), State: int(m[2]), Ino: uint64(le.Uint32(m[4:]))}
+		u := &UnixInfo{Type: int(m[1]), State: int(m[2]), Ino: uint64(le.Uint32(m[4:]))}
 		for _, a := range attrs(m[sizeofUnixDiagMsg:]) {
 			switch a.typ {
 			case unixDiagName:

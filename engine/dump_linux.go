@@ -578,6 +578,19 @@ func (d *dumper) dumpTask(ctx context.Context, t *dtask) error {
 		return err
 	}
 	rec.Creds.Securebits = uint32(bits)
+	dumpable, err := lead.sys("prctl(PR_GET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_GET_DUMPABLE)
+	if err != nil {
+		return err
+	}
+	rec.Dumpable = int(dumpable)
+	if _, err := lead.sys("prctl(PR_GET_CHILD_SUBREAPER)", unix.SYS_PRCTL, unix.PR_GET_CHILD_SUBREAPER, t.scratch); err != nil {
+		return err
+	}
+	sub := make([]byte, 4)
+	if err := lead.readMem(t.scratch, sub); err != nil {
+		return err
+	}
+	rec.ChildSubreaper = binary.LittleEndian.Uint32(sub) != 0
 	// Resource limits are asked inside the task: prlimit on another process
 	// with other credentials needs CAP_SYS_RESOURCE, which we may not have.
 	lim := make([]byte, 16)
@@ -769,6 +782,13 @@ func (d *dumper) dumpThread(t *dtask, th *tracee) (*image.Thread, error) {
 		return nil, err
 	}
 	out.TidAddress = binary.LittleEndian.Uint64(buf)
+	if _, err := th.sys("prctl(PR_GET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_GET_PDEATHSIG, t.scratch); err != nil {
+		return nil, err
+	}
+	if err := th.readMem(t.scratch, buf[:4]); err != nil {
+		return nil, err
+	}
+	out.Pdeathsig = int(binary.LittleEndian.Uint32(buf))
 	if _, err := th.sys("sigaltstack", unix.SYS_SIGALTSTACK, 0, t.scratch); err != nil {
 		return nil, err
 	}
@@ -902,9 +922,19 @@ func (d *dumper) vmaOf(t *dtask, m procfs.Mapping) (*image.Vma, bool, error) {
 	if m.Exec {
 		v.Prot |= image.ProtExec
 	}
-	if m.HasFlag("ht") || m.HasFlag("hg") && m.Path != "" && !strings.HasPrefix(m.Path, "[") {
-		if m.HasFlag("ht") {
-			return nil, false, fmt.Errorf("%w: hugetlb mappings are not supported yet", ErrUnsupported)
+	for flag, what := range map[string]string{
+		"ht": "hugetlb mappings", "ss": "shadow stacks", "pf": "PFN mappings (device memory)", "io": "I/O mappings",
+		"uw": "userfaultfd-registered mappings", "um": "userfaultfd-registered mappings", "ui": "userfaultfd-registered mappings",
+		"lo": "locked (mlock) mappings",
+	} {
+		special := m.Path == "[vdso]" || m.Path == "[vvar]" || m.Path == "[vvar_vclock]" || m.Path == "[vsyscall]"
+		if m.HasFlag(flag) && !special {
+			return nil, false, fmt.Errorf("%w: %s are not supported yet", ErrUnsupported, what)
+		}
+	}
+	for _, a := range []string{image.MadvDontfork, image.MadvWipeonfork, image.MadvDontdump, image.MadvHugepage, image.MadvNohugepage, image.MadvMergeable} {
+		if m.HasFlag(a) {
+			v.Advice = append(v.Advice, a)
 		}
 	}
 	switch {

@@ -694,10 +694,27 @@ func (r *restorer) restoreMm(rt *rtask) error {
 			return fmt.Errorf("%w: mapping kind %q", ErrUnsupported, v.Kind)
 		}
 	}
+	for _, v := range mm.Vmas {
+		for _, a := range v.Advice {
+			adv, ok := madvice[a]
+			if !ok {
+				continue
+			}
+			if _, err := t.sys("madvise "+a, unix.SYS_MADVISE, v.Start, v.End-v.Start, adv); err != nil {
+				return fmt.Errorf("mapping %#x-%#x: %w", v.Start, v.End, err)
+			}
+		}
+	}
 	if err := r.writePages(rt); err != nil {
 		return err
 	}
 	return r.setMmFields(rt, opened)
+}
+
+var madvice = map[string]uint64{
+	image.MadvDontfork: unix.MADV_DONTFORK, image.MadvWipeonfork: unix.MADV_WIPEONFORK,
+	image.MadvDontdump: unix.MADV_DONTDUMP, image.MadvHugepage: unix.MADV_HUGEPAGE,
+	image.MadvNohugepage: unix.MADV_NOHUGEPAGE, image.MadvMergeable: unix.MADV_MERGEABLE,
 }
 
 // moveSpecial moves [vvar], [vvar_vclock] and [vdso] to their saved place,

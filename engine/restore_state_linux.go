@@ -444,6 +444,11 @@ func (r *restorer) restoreTaskState(rt *rtask) error {
 			return err
 		}
 	}
+	if rec.ChildSubreaper {
+		if _, err := t.sys("prctl(PR_SET_CHILD_SUBREAPER)", unix.SYS_PRCTL, unix.PR_SET_CHILD_SUBREAPER, 1); err != nil {
+			return err
+		}
+	}
 	if _, err := t.sys("umask", unix.SYS_UMASK, uint64(rec.Umask)); err != nil {
 		return err
 	}
@@ -530,6 +535,12 @@ func (r *restorer) restoreTaskState(rt *rtask) error {
 			return err
 		}
 	}
+	// After the credentials: changing them resets the dumpable flag.
+	if rec.Dumpable == 0 || rec.Dumpable == 1 {
+		if _, err := t.sys("prctl(PR_SET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_SET_DUMPABLE, uint64(rec.Dumpable)); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -601,6 +612,11 @@ func (r *restorer) restoreThread(rt *rtask, t *tracee, th *image.Thread) error {
 	}
 	if _, err := t.sys("set_tid_address", unix.SYS_SET_TID_ADDRESS, th.TidAddress); err != nil {
 		return err
+	}
+	if th.Pdeathsig != 0 {
+		if _, err := t.sys("prctl(PR_SET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uint64(th.Pdeathsig)); err != nil {
+			return err
+		}
 	}
 	if th.Altstack != nil {
 		buf := make([]byte, 24)

@@ -171,7 +171,10 @@ type Task struct {
 	Creds       Creds       `json:"creds"`
 	Sigactions  []Sigaction `json:"sigactions,omitempty"`
 	Personality uint64      `json:"personality"`
-	Itimers     []Itimer    `json:"itimers,omitempty"`
+	// ChildSubreaper is PR_SET_CHILD_SUBREAPER; Dumpable is PR_GET_DUMPABLE.
+	ChildSubreaper bool     `json:"child_subreaper,omitempty"`
+	Dumpable       int      `json:"dumpable"`
+	Itimers        []Itimer `json:"itimers,omitempty"`
 	// Seccomp are the task's seccomp filters, oldest first (every thread has the same).
 	Seccomp []SeccompFilter `json:"seccomp,omitempty"`
 	// SharedSigpending are the signals queued to the whole process.
@@ -192,6 +195,8 @@ type Thread struct {
 	Altstack      *Altstack `json:"altstack,omitempty"`
 	Sigpending    []Siginfo `json:"sigpending,omitempty"`
 	Comm          string    `json:"comm,omitempty"`
+	// Pdeathsig is the parent-death signal (PR_SET_PDEATHSIG).
+	Pdeathsig int `json:"pdeathsig,omitempty"`
 }
 
 // Rseq is a thread's rseq registration (PTRACE_GET_RSEQ_CONFIGURATION).
@@ -300,6 +305,16 @@ const (
 	ProtExec  = 4
 )
 
+// Madvise settings of a mapping, by their smaps VmFlags names.
+const (
+	MadvDontfork   = "dc" // MADV_DONTFORK
+	MadvWipeonfork = "wf" // MADV_WIPEONFORK
+	MadvDontdump   = "dd" // MADV_DONTDUMP
+	MadvHugepage   = "hg" // MADV_HUGEPAGE
+	MadvNohugepage = "nh" // MADV_NOHUGEPAGE
+	MadvMergeable  = "mg" // MADV_MERGEABLE
+)
+
 // Vma is one mapping of an address space.
 type Vma struct {
 	Start uint64 `json:"start"`
@@ -308,8 +323,10 @@ type Vma struct {
 	// Shared is MAP_SHARED (else MAP_PRIVATE).
 	Shared bool `json:"shared,omitempty"`
 	// GrowsDown is VM_GROWSDOWN (a stack).
-	GrowsDown bool   `json:"grows_down,omitempty"`
-	Kind      string `json:"kind"`
+	GrowsDown bool `json:"grows_down,omitempty"`
+	// Advice are the madvise() settings to apply (MadvDontfork...).
+	Advice []string `json:"advice,omitempty"`
+	Kind   string   `json:"kind"`
 	// Name is the bracketed name in maps ([heap], [stack], [anon:...]).
 	Name string `json:"name,omitempty"`
 	// Path and Offset describe the mapped file of a file mapping.

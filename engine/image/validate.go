@@ -198,6 +198,13 @@ func (mm *Mm) Validate() error {
 			return bad("vma %d: %#x-%#x overlaps or is out of order", i, v.Start, v.End)
 		}
 		prevEnd = v.End
+		for _, a := range v.Advice {
+			switch a {
+			case MadvDontfork, MadvWipeonfork, MadvDontdump, MadvHugepage, MadvNohugepage, MadvMergeable:
+			default:
+				return bad("vma %#x: advice %q", v.Start, a)
+			}
+		}
 		if v.Prot&^(ProtRead|ProtWrite|ProtExec) != 0 {
 			return bad("vma %#x: prot %#x", v.Start, v.Prot)
 		}

@@ -138,7 +138,10 @@ func (d *dumper) run(ctx context.Context) error {
 	if err := d.files.dumpPipes(&d.inv); err != nil {
 		return err
 	}
-	if err := d.dumpSockets(); err != nil {
+	if err := d.dumpFdObjects(); err != nil {
+		return err
+	}
+	if err := d.files.unix.finish(&d.inv); err != nil {
 		return err
 	}
 	d.shmems.inventory(&d.inv)
@@ -580,6 +583,19 @@ func (d *dumper) dumpTask(ctx context.Context, t *dtask) error {
 		return err
 	}
 	rec.Creds.Securebits = uint32(bits)
+	dumpable, err := lead.sys("prctl(PR_GET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_GET_DUMPABLE)
+	if err != nil {
+		return err
+	}
+	rec.Dumpable = int(dumpable)
+	if _, err := lead.sys("prctl(PR_GET_CHILD_SUBREAPER)", unix.SYS_PRCTL, unix.PR_GET_CHILD_SUBREAPER, t.scratch); err != nil {
+		return err
+	}
+	sub := make([]byte, 4)
+	if err := lead.readMem(t.scratch, sub); err != nil {
+		return err
+	}
+	rec.ChildSubreaper = binary.LittleEndian.Uint32(sub) != 0
 	// Resource limits are asked inside the task: prlimit on another process
 	// with other credentials needs CAP_SYS_RESOURCE, which we may not have.
 	lim := make([]byte, 16)
@@ -618,6 +634,20 @@ func (d *dumper) dumpTask(ctx context.Context, t *dtask) error {
 	for _, f := range rec.Fds {
 		if f.Path != "" {
 			t.info.Files = append(t.info.Files, f.Path)
+		}
+	}
+	// A session leader with a controlling terminal: it gets it back at
+	// restore through the fd that refers to it.
+	if t.stat.TtyNr != 0 && rec.Sid == rec.Pid {
+		for _, f := range rec.Fds {
+			rec.Ctty = rec.Ctty || f.Tty
+		}
+		if !rec.Ctty {
+			maj, min := procfs.TtyDev(t.stat.TtyNr)
+			return fmt.Errorf("%w: its controlling terminal %d:%d is not one of its open external fds", ErrUnsupported, maj, min)
+		}
+		if fg := d.byPid[t.stat.Tpgid]; fg != nil {
+			rec.Tpgid = fg.nspid
 		}
 	}
 	return nil
@@ -757,6 +787,13 @@ func (d *dumper) dumpThread(t *dtask, th *tracee) (*image.Thread, error) {
 		return nil, err
 	}
 	out.TidAddress = binary.LittleEndian.Uint64(buf)
+	if _, err := th.sys("prctl(PR_GET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_GET_PDEATHSIG, t.scratch); err != nil {
+		return nil, err
+	}
+	if err := th.readMem(t.scratch, buf[:4]); err != nil {
+		return nil, err
+	}
+	out.Pdeathsig = int(binary.LittleEndian.Uint32(buf))
 	if _, err := th.sys("sigaltstack", unix.SYS_SIGALTSTACK, 0, t.scratch); err != nil {
 		return nil, err
 	}
@@ -890,9 +927,19 @@ func (d *dumper) vmaOf(t *dtask, m procfs.Mapping) (*image.Vma, bool, error) {
 	if m.Exec {
 		v.Prot |= image.ProtExec
 	}
-	if m.HasFlag("ht") || m.HasFlag("hg") && m.Path != "" && !strings.HasPrefix(m.Path, "[") {
-		if m.HasFlag("ht") {
-			return nil, false, fmt.Errorf("%w: hugetlb mappings are not supported yet", ErrUnsupported)
+	for flag, what := range map[string]string{
+		"ht": "hugetlb mappings", "ss": "shadow stacks", "pf": "PFN mappings (device memory)", "io": "I/O mappings",
+		"uw": "userfaultfd-registered mappings", "um": "userfaultfd-registered mappings", "ui": "userfaultfd-registered mappings",
+		"lo": "locked (mlock) mappings",
+	} {
+		special := m.Path == "[vdso]" || m.Path == "[vvar]" || m.Path == "[vvar_vclock]" || m.Path == "[vsyscall]"
+		if m.HasFlag(flag) && !special {
+			return nil, false, fmt.Errorf("%w: %s are not supported yet", ErrUnsupported, what)
+		}
+	}
+	for _, a := range []string{image.MadvDontfork, image.MadvWipeonfork, image.MadvDontdump, image.MadvHugepage, image.MadvNohugepage, image.MadvMergeable} {
+		if m.HasFlag(a) {
+			v.Advice = append(v.Advice, a)
 		}
 	}
 	switch {

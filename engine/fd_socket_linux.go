@@ -173,7 +173,7 @@ type sockDumper struct {
 	d    *dumper
 	st   *sockTable
 	diag *sockdiag.Conn
-	unix map[uint64]*sockdiag.Unix
+	unix map[uint64]*sockdiag.UnixInfo
 	// pendingIn maps a client socket to the listener whose queue holds its connection.
 	pendingIn map[uint64]uint64
 }

@@ -40,6 +40,9 @@ type sockRestore struct {
 	order   []uint64
 	// repair are the TCP sockets still in repair mode.
 	repair []uint64
+	// ghosts say which task holds the restored deleted file of an inode
+	// (fd_event_linux.go).
+	ghosts map[uint64]holder
 }
 
 // prepareSockets reads the socket record and restores the network
@@ -50,7 +53,7 @@ func (r *restorer) prepareSockets() error {
 		return err
 	}
 	sr := &sockRestore{rec: rec, byID: map[uint64]*image.Socket{}, held: map[uint64]holder{}, copies: map[uint64]int{},
-		pendingIn: map[uint64]uint64{}, writers: map[uint64]int{}}
+		pendingIn: map[uint64]uint64{}, writers: map[uint64]int{}, ghosts: map[uint64]holder{}}
 	for i := range rec.Sockets {
 		s := &rec.Sockets[i]
 		sr.byID[s.ID] = s
@@ -518,15 +521,7 @@ func (r *restorer) finishSockets() error {
 	if sr == nil {
 		return nil
 	}
-	defer func() {
-		for _, c := range sr.copies {
-			unix.Close(c)
-		}
-		for _, w := range sr.writers {
-			unix.Close(w)
-		}
-		sr.copies, sr.writers = nil, nil
-	}()
+	defer r.dropSockets()
 	for _, id := range sr.order {
 		s := sr.byID[id]
 		if err := r.refill(s); err != nil {
@@ -574,6 +569,21 @@ func (r *restorer) finishSockets() error {
 	}
 	sr.repair = nil
 	return nil
+}
+
+// dropSockets closes the engine's copies of the restored sockets.
+func (r *restorer) dropSockets() {
+	sr := r.socks
+	if sr == nil {
+		return
+	}
+	for _, c := range sr.copies {
+		unix.Close(c)
+	}
+	for _, w := range sr.writers {
+		unix.Close(w)
+	}
+	sr.copies, sr.writers = nil, nil
 }
 
 // refill puts back what waited in the receive queue of s.

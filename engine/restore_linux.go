@@ -69,6 +69,9 @@ type restorer struct {
 	// holds an fd of each one created so far.
 	shmems       map[uint64]*image.Shmem
 	shmemHolders map[uint64]holder
+	// unixSocks are the unix sockets; sockEnds say which task holds each end.
+	unixSocks map[uint64]*image.UnixSocket
+	sockEnds  map[uint64]holder
 	// stdio is the helper holding RestoreOptions.Stdio, started when needed.
 	stdio *stdioHelper
 }
@@ -89,6 +92,10 @@ func Restore(ctx context.Context, opts RestoreOptions) (*RestoreResult, error) {
 	}
 	r := &restorer{opts: opts, inv: inv, byPid: map[int]*rtask{}, files: map[uint64]holder{}, pipeEnds: map[pipeEnd]holder{}, pipes: map[uint64]*image.Pipe{},
 		shmems: map[uint64]*image.Shmem{}, shmemHolders: map[uint64]holder{}}
+	r.unixSocks, r.sockEnds = map[uint64]*image.UnixSocket{}, map[uint64]holder{}
+	for i := range inv.UnixSockets {
+		r.unixSocks[inv.UnixSockets[i].ID] = &inv.UnixSockets[i]
+	}
 	for i := range inv.Shmems {
 		r.shmems[inv.Shmems[i].ID] = &inv.Shmems[i]
 	}
@@ -136,6 +143,7 @@ func Restore(ctx context.Context, opts RestoreOptions) (*RestoreResult, error) {
 // killAll kills every task of a failed restore (the stub included: a half
 // rebuilt init is of no use) and releases them.
 func (r *restorer) killAll() {
+	r.dropSockets()
 	ours := map[int]bool{}
 	for _, rt := range r.tasks {
 		if rt.hostPid > 0 {
@@ -686,10 +694,27 @@ func (r *restorer) restoreMm(rt *rtask) error {
 			return fmt.Errorf("%w: mapping kind %q", ErrUnsupported, v.Kind)
 		}
 	}
+	for _, v := range mm.Vmas {
+		for _, a := range v.Advice {
+			adv, ok := madvice[a]
+			if !ok {
+				continue
+			}
+			if _, err := t.sys("madvise "+a, unix.SYS_MADVISE, v.Start, v.End-v.Start, adv); err != nil {
+				return fmt.Errorf("mapping %#x-%#x: %w", v.Start, v.End, err)
+			}
+		}
+	}
 	if err := r.writePages(rt); err != nil {
 		return err
 	}
 	return r.setMmFields(rt, opened)
+}
+
+var madvice = map[string]uint64{
+	image.MadvDontfork: unix.MADV_DONTFORK, image.MadvWipeonfork: unix.MADV_WIPEONFORK,
+	image.MadvDontdump: unix.MADV_DONTDUMP, image.MadvHugepage: unix.MADV_HUGEPAGE,
+	image.MadvNohugepage: unix.MADV_NOHUGEPAGE, image.MadvMergeable: unix.MADV_MERGEABLE,
 }
 
 // moveSpecial moves [vvar], [vvar_vclock] and [vdso] to their saved place,

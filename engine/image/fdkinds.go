@@ -7,21 +7,10 @@ import (
 
 // More fd kinds.
 const (
-	// FdInotify is an inotify instance; Fd.Inotify lists its watches.
-	FdInotify = "inotify"
 	// FdDeleted is a regular file that was deleted while open; Fd.Ghost
 	// holds its content, Fd.Path the path it had.
 	FdDeleted = "deleted"
 )
-
-// InotifyWatch is one watch of an inotify instance.
-type InotifyWatch struct {
-	Wd   int    `json:"wd"`
-	Mask uint32 `json:"mask"`
-	// Path is where the watched inode was found at dump time (relative to
-	// the task root); the watch is added again on that path.
-	Path string `json:"path"`
-}
 
 // Ghost is the content of a regular file that was deleted while open. Fds
 // of the tree with the same ID refer to the same inode (each open file
@@ -46,14 +35,6 @@ func (f *Fd) validateKind() error {
 	case FdSocket:
 		if f.Socket == 0 {
 			return bad("socket fd without socket id")
-		}
-	case FdInotify:
-		prev := 0
-		for _, w := range f.Inotify {
-			if w.Wd <= prev || w.Path == "" || w.Path[0] != '/' {
-				return bad("inotify watch %d on %q (watches must be ordered by wd, paths absolute)", w.Wd, w.Path)
-			}
-			prev = w.Wd
 		}
 	case FdDeleted:
 		g := f.Ghost

@@ -16,8 +16,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Unix is what sock_diag says about one unix socket.
-type Unix struct {
+// UnixInfo is what sock_diag says about one unix socket.
+type UnixInfo struct {
 	Ino   uint64
 	Type  int
 	State int // TCP_ESTABLISHED (1), TCP_CLOSE (7), TCP_LISTEN (10)
@@ -44,25 +44,43 @@ type Inet struct {
 // Conn is a sock_diag netlink socket bound to a network namespace.
 type Conn struct{ fd int }
 
-// InNetns runs f on a fresh OS thread that joined the network namespace of
-// pid; the thread is thrown away afterwards (the goroutine exits locked).
+// InNetns runs f on an OS thread that joined the network namespace of pid,
+// and takes the thread back to its own namespace afterwards. The thread is
+// never simply thrown away (a locked goroutine that exits ends its thread):
+// a process started from that thread with a parent-death signal (Go's
+// SysProcAttr.Pdeathsig) would receive it. Only when going back fails is the
+// thread left to end, locked.
 func InNetns(pid int, f func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		// Never unlocked: the runtime ends the thread with the goroutine.
+		back, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("open own net namespace: %w", err)
+			return
+		}
+		defer unix.Close(back)
 		ns, err := unix.Open(fmt.Sprintf("/proc/%d/ns/net", pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("open net namespace of %d: %w", pid, err)
 			return
 		}
 		err = unix.Setns(ns, unix.CLONE_NEWNET)
 		unix.Close(ns)
 		if err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("join net namespace of %d: %w", pid, err)
 			return
 		}
-		errc <- f()
+		ferr := f()
+		if err := unix.Setns(back, unix.CLONE_NEWNET); err != nil {
+			errc <- errors.Join(ferr, fmt.Errorf("return to own net namespace: %w", err))
+			return // still locked: the runtime ends this thread
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
 	}()
 	return <-errc
 }
@@ -147,11 +165,8 @@ func attrs(b []byte) []attr {
 
 // Unix attributes and show flags of <linux/unix_diag.h>.
 const (
-	udiagShowName     = 0x01
 	udiagShowVFS      = 0x02
-	udiagShowPeer     = 0x04
 	udiagShowIcons    = 0x08
-	udiagShowRqlen    = 0x10
 	unixDiagName      = 0
 	unixDiagVFS       = 1
 	unixDiagPeer      = 2
@@ -162,7 +177,7 @@ const (
 )
 
 // UnixSockets returns every unix socket of the namespace by inode.
-func (c *Conn) UnixSockets() (map[uint64]*Unix, error) {
+func (c *Conn) UnixSockets() (map[uint64]*UnixInfo, error) {
 	req := make([]byte, 24)
 	le := binary.LittleEndian
 	req[0] = unix.AF_UNIX
@@ -170,12 +185,12 @@ func (c *Conn) UnixSockets() (map[uint64]*Unix, error) {
 	le.PutUint32(req[12:], udiagShowName|udiagShowVFS|udiagShowPeer|udiagShowIcons|udiagShowRqlen) // UNIX_DIAG_SHUTDOWN comes always
 	le.PutUint32(req[16:], 0xffffffff)
 	le.PutUint32(req[20:], 0xffffffff)
-	out := map[uint64]*Unix{}
+	out := map[uint64]*UnixInfo{}
 	err := c.dump(req, func(m []byte) {
 		if len(m) < sizeofUnixDiagMsg {
 			return
 		}
-		u := &Unix{Type: int(m[1]), State: int(m[2]), Ino: uint64(le.Uint32(m[4:]))}
+		u := &UnixInfo{Type: int(m[1]), State: int(m[2]), Ino: uint64(le.Uint32(m[4:]))}
 		for _, a := range attrs(m[sizeofUnixDiagMsg:]) {
 			switch a.typ {
 			case unixDiagName:

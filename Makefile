@@ -24,10 +24,10 @@ build: ## compile every package
 	$(GO) build ./...
 
 bin/cryo: FORCE
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/cryo
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/cryo
 
 bin/containerd-shim-cryo-v2: FORCE
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/containerd-shim-cryo-v2
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/containerd-shim-cryo-v2
 
 test: binaries ## run every test: unit, root (engine, runtime) and integration (real containerd)
 	$(GOTEST) -count=1 -p 1 -timeout 60m $(TESTFLAGS) ./...

@@ -77,6 +77,11 @@ func Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) {
 	d := &dumper{opts: opts, byPid: map[int]*dtask{}, files: newFileTable(), shmems: newShmemTable(opts.ImageDir)}
 	d.files.shmems = d.shmems
 	err := d.run(ctx)
+	if err == nil && opts.Commit != nil {
+		if err = opts.Commit(&d.result); err != nil {
+			err = fmt.Errorf("commit image: %w", err)
+		}
+	}
 	if ferr := d.finish(err == nil); ferr != nil {
 		if err == nil {
 			err = ferr
@@ -131,6 +136,9 @@ func (d *dumper) run(ctx context.Context) error {
 		}
 	}
 	if err := d.files.dumpPipes(&d.inv); err != nil {
+		return err
+	}
+	if err := d.dumpFdObjects(); err != nil {
 		return err
 	}
 	if err := d.files.unix.finish(&d.inv); err != nil {
@@ -324,6 +332,9 @@ func (d *dumper) waitSeized(t *dtask, th *tracee) error {
 func (d *dumper) finish(ok bool) error {
 	kill := ok && !d.opts.LeaveRunning
 	var errs []error
+	if err := d.files.releaseSockets(kill); err != nil {
+		errs = append(errs, err)
+	}
 	// Undo what injection changed: the scratch mapping, registers, signal mask,
 	// and queue back the signals intercepted while seizing.
 	for _, t := range d.tasks {

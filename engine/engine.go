@@ -22,10 +22,17 @@ type DumpOptions struct {
 	// it is killed (runc's default).
 	LeaveRunning bool
 	// TCPEstablished, ExtUnixSockets, ShellJob and FileLocks are runc's
-	// checkpoint options. They are accepted for compatibility; the engine
-	// does not dump sockets or locks yet, and refuses trees that hold them
-	// whatever the options say.
+	// checkpoint options. TCPEstablished allows established TCP connections
+	// (saved with TCP_REPAIR; refused without it). ExtUnixSockets allows unix
+	// sockets connected to a named socket outside the tree (reconnected by
+	// name at restore; refused without it). ShellJob and FileLocks are
+	// accepted for compatibility; locks are refused whatever they say.
 	TCPEstablished, ExtUnixSockets, ShellJob, FileLocks bool
+	// Commit, if set, runs once the image is complete, while every task is
+	// still stopped under ptrace, and before the tree is killed or resumed.
+	// An error from it fails the dump and the tree is left running, so a
+	// caller can make the image durable (pack it) before the tree dies.
+	Commit func(*DumpResult) error
 }
 
 // ProcessInfo summarises one dumped process.

@@ -40,6 +40,8 @@ type fileTable struct {
 	rootPid   int
 	pipeRefs  map[uint64]openRef
 	pipeOrder []uint64
+	socks     *sockTable // fd_socket_linux.go
+	ghosts    []ghostRef // fd_event_linux.go
 	fifoPaths map[uint64]string
 	shmems    *shmemTable
 	unix      *unixTable
@@ -49,7 +51,7 @@ func newFileTable() *fileTable {
 	return &fileTable{byInode: map[[2]uint64][]openRef{}, pipeRefs: map[uint64]openRef{}, fifoPaths: map[uint64]string{}, unix: newUnixTable()}
 }
 
-func (ft *fileTable) close() {}
+func (ft *fileTable) close() { ft.closeSockets() }
 
 // identify returns the description id of (pid, fd) with the given inode.
 func (ft *fileTable) identify(pid, fd int, st *unix.Stat_t) (uint64, error) {
@@ -172,14 +174,7 @@ func (ft *fileTable) dumpFd(t *dtask, fd int) (*image.Fd, error) {
 		if isExternal() {
 			return out, nil
 		}
-		if kind := socketKind(t.pid, fd); strings.HasPrefix(kind, " (unix ") {
-			if err := ft.unix.dump(t.pid, fd, st.Ino); err != nil {
-				return nil, fmt.Errorf("%s %w", target, err)
-			}
-			out.Kind, out.Socket, out.Pos = image.FdUnix, st.Ino, 0
-			return out, nil
-		}
-		return nil, fmt.Errorf("%s%s: sockets are %w yet", target, socketKind(t.pid, fd), ErrUnsupported)
+		return ft.dumpSocket(t, fd, out, &st)
 	case target == "anon_inode:inotify":
 		if err := dumpInotify(t, out, fi); err != nil {
 			return nil, fmt.Errorf("%s: %w", target, err)
@@ -203,7 +198,7 @@ func (ft *fileTable) dumpFd(t *dtask, fd int) (*image.Fd, error) {
 		out.Kind, out.Shmem = image.FdMemfd, st.Ino
 		return out, nil
 	case strings.HasSuffix(target, " (deleted)"):
-		return nil, fmt.Errorf("%s: open deleted files are %w yet", target, ErrUnsupported)
+		return ft.dumpDeleted(t, fd, out, target, &st) // fd_event_linux.go
 	}
 	path, err := inRoot(t.root, target)
 	if err != nil {

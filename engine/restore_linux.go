@@ -64,6 +64,7 @@ type restorer struct {
 	pipeEnds map[pipeEnd]holder
 	pipes    map[uint64]*image.Pipe
 	epolls   []epollReg
+	socks    *sockRestore // fd_socket_restore_linux.go
 	// shmems are the shared memory objects; shmemHolders say which task
 	// holds an fd of each one created so far.
 	shmems       map[uint64]*image.Shmem
@@ -142,6 +143,7 @@ func Restore(ctx context.Context, opts RestoreOptions) (*RestoreResult, error) {
 // killAll kills every task of a failed restore (the stub included: a half
 // rebuilt init is of no use) and releases them.
 func (r *restorer) killAll() {
+	r.dropSockets()
 	ours := map[int]bool{}
 	for _, rt := range r.tasks {
 		if rt.hostPid > 0 {
@@ -199,6 +201,9 @@ func (r *restorer) run(ctx context.Context) error {
 			return fmt.Errorf("pid %d: memory: %w", rt.rec.Pid, err)
 		}
 	}
+	if err := r.prepareSockets(); err != nil {
+		return err
+	}
 	for _, rt := range r.tasks {
 		if rt.rec.Zombie {
 			continue
@@ -206,6 +211,9 @@ func (r *restorer) run(ctx context.Context) error {
 		if err := r.restoreFds(rt); err != nil {
 			return fmt.Errorf("pid %d: files: %w", rt.rec.Pid, err)
 		}
+	}
+	if err := r.finishSockets(); err != nil {
+		return err
 	}
 	if err := r.registerEpolls(); err != nil {
 		return err

@@ -146,6 +146,15 @@ func (r *restorer) installFd(rt *rtask, f image.Fd, base int) error {
 			if src, fresh, err = r.pipeEnd(rt, f, base); err != nil {
 				return err
 			}
+		case image.FdSocket:
+			if src, fresh, err = r.socketFd(rt, f, base); err != nil {
+				return err
+			}
+		case image.FdDeleted:
+			if src, err = r.deletedFd(rt, f, base); err != nil {
+				return err
+			}
+			fresh = true
 		case image.FdUnix:
 			if src, fresh, err = r.unixEnd(rt, f); err != nil {
 				return err

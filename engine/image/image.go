@@ -431,7 +431,8 @@ type Fd struct {
 	File uint64 `json:"file"`
 	// Pipe is the Inventory.Pipes ID of a pipe end.
 	Pipe uint64 `json:"pipe,omitempty"`
-	// Socket is the Inventory.UnixSockets ID of a unix socket.
+	// Socket is the socket of a FdSocket (its ID in sockets.json) or of a
+	// FdUnix (its Inventory.UnixSockets ID).
 	Socket uint64 `json:"socket,omitempty"`
 	// Shmem is the Inventory.Shmems ID of a memfd.
 	Shmem uint64 `json:"shmem,omitempty"`
@@ -450,6 +451,8 @@ type Fd struct {
 	Timerfd *Timerfd `json:"timerfd,omitempty"`
 	// Inotify lists the watches of an inotify instance, by descriptor.
 	Inotify []InotifyWatch `json:"inotify,omitempty"`
+	// Ghost is the content of a FdDeleted file (fdkinds.go).
+	Ghost *Ghost `json:"ghost,omitempty"`
 }
 
 // WriteFile writes a record as JSON into dir/name with mode 0600.

@@ -144,6 +144,10 @@ func (t *Task) Validate() error {
 				prev = w.Wd
 			}
 		case FdEpoll:
+		case FdSocket, FdDeleted:
+			if err := f.validateKind(); err != nil {
+				return fmt.Errorf("task %d fd %d: %w", t.Pid, f.Fd, err)
+			}
 		case FdExternal:
 			if f.Stdio < 0 || f.Stdio > 2 {
 				return bad("task %d fd %d: stdio index %d", t.Pid, f.Fd, f.Stdio)

@@ -2,7 +2,7 @@
  * argv[1]: status file, rewritten at offset 0 on every iteration with
  *          "<counter> <heap ok> <offset of the data fd> <getpid()>".
  * argv[2]: data file, kept open at offset 12345.
- * argv[3]: optional "socket": also hold a listening TCP socket (which the engine refuses).
+ * argv[3]: optional "socket": also hold a netlink socket (which the engine refuses).
  */
 #include <fcntl.h>
 #include <stdio.h>
@@ -20,12 +20,9 @@ int main(int argc, char **argv) {
 	int data = open(argv[2], O_RDONLY);
 	lseek(data, 12345, SEEK_SET);
 	int out = open(argv[1], O_WRONLY | O_CREAT, 0644);
-	if (argc > 3 && strcmp(argv[3], "socket") == 0) {
-		int s = socket(AF_INET, SOCK_STREAM, 0);
-		struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-		bind(s, (struct sockaddr *)&a, sizeof a);
-		listen(s, 1);
-	}
+	int sv[2];
+	if (argc > 3 && strcmp(argv[3], "socket") == 0)
+		sv[0] = socket(AF_NETLINK, SOCK_RAW, 0);
 	volatile long counter = 0;
 	char line[256];
 	for (;;) {

@@ -1,0 +1,435 @@
+package runtime
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/cryo-run/cryo/engine"
+	"github.com/cryo-run/cryo/oci"
+	"github.com/cryo-run/cryo/runtime/cgroups"
+)
+
+// Version is the cryo version recorded in checkpoint images (set by main).
+var Version = "dev"
+
+// CheckpointOpts are runc's checkpoint options.
+type CheckpointOpts struct {
+	// ImagePath is the OCI layout directory the checkpoint is written to
+	// (created; it must not hold an image already).
+	ImagePath string
+	// Archive, if set, also writes the layout as one tar file.
+	Archive string
+	// WorkPath holds the engine's scratch files (default: a private
+	// directory next to ImagePath, removed afterwards).
+	WorkPath string
+	// ParentPath is a previous checkpoint of this container: the new image
+	// is incremental on top of it.
+	ParentPath string
+	// Name is the checkpoint's name (default: the container id).
+	Name string
+	// LeaveRunning keeps the container running after the checkpoint; by
+	// default it is stopped and deleted once the image is safely written.
+	LeaveRunning bool
+	// TCPEstablished, ExtUnixSockets, ShellJob and FileLocks allow what runc's
+	// flags of the same name allow.
+	TCPEstablished, ExtUnixSockets, ShellJob, FileLocks bool
+}
+
+// Checkpoint saves the container's whole process tree into an OCI image
+// layout at opts.ImagePath. A failed checkpoint leaves the container as it
+// was (running or paused, untraced). Without LeaveRunning the container is
+// killed only after the image has been written, and then deleted.
+func (c *Container) Checkpoint(ctx context.Context, opts CheckpointOpts) (_ *oci.WriteResult, retErr error) {
+	if opts.ImagePath == "" {
+		return nil, fmt.Errorf("checkpoint of %s: image path is required: %w", c.rec.ID, ErrInvalidConfig)
+	}
+	unlock, err := c.lock()
+	if err != nil {
+		return nil, err
+	}
+	st, err := c.Status()
+	if err != nil {
+		unlock()
+		return nil, err
+	}
+	if st != Running && st != Paused {
+		unlock()
+		return nil, withMessage(ErrNotRunning, "cannot checkpoint container %s: it is %s", c.rec.ID, st)
+	}
+	cg, err := c.Cgroup()
+	if err != nil {
+		unlock()
+		return nil, err
+	}
+	image, err := filepath.Abs(opts.ImagePath)
+	if err != nil {
+		unlock()
+		return nil, err
+	}
+	if _, err := os.Stat(filepath.Join(image, "index.json")); err == nil {
+		unlock()
+		return nil, fmt.Errorf("checkpoint of %s: %s already holds an image: %w", c.rec.ID, image, ErrExist)
+	}
+	work, cleanup, err := workDir(opts.WorkPath, filepath.Dir(image), "cryo-dump-")
+	if err != nil {
+		unlock()
+		return nil, err
+	}
+	defer cleanup()
+	clocks, err := c.clocks()
+	if err != nil {
+		unlock()
+		return nil, err
+	}
+	cfg := &oci.Config{
+		FormatRevision: oci.FormatRevision, EngineVersion: Version, Created: time.Now().UTC(),
+		Name: opts.Name, ContainerID: c.rec.ID, Spec: c.rec.Spec, Time: clocks,
+	}
+	if cfg.Host, err = oci.HostInfo(); err != nil {
+		unlock()
+		return nil, err
+	}
+	wopts := oci.WriteOptions{Name: opts.Name, Parent: opts.ParentPath}
+	if uid, gid := os.Getuid(), os.Getgid(); uid != 0 {
+		wopts.Owner = &oci.Owner{UID: uid, GID: gid}
+	}
+	var written *oci.WriteResult
+	pack := func(res *engine.DumpResult) error {
+		cfg.Processes = processSummary(res)
+		cfg.Engine = map[string]string{
+			"pageBytes": strconv.FormatUint(res.PageBytes, 10),
+			"kernel":    res.Kernel,
+		}
+		w, err := oci.WriteCheckpoint(image, filepath.Join(work, "engine"), cfg, wopts)
+		if err != nil {
+			return fmt.Errorf("write checkpoint image %s: %w", image, err)
+		}
+		if opts.Archive != "" {
+			if err := oci.WriteArchive(image, opts.Archive); err != nil {
+				return fmt.Errorf("write checkpoint archive %s: %w", opts.Archive, err)
+			}
+		}
+		written = w
+		return nil
+	}
+	dopts := engine.DumpOptions{
+		Pid: c.rec.Pid, Freezer: &pausedFreezer{cg: cg, paused: st == Paused},
+		ImageDir: filepath.Join(work, "engine"), LeaveRunning: opts.LeaveRunning,
+		TCPEstablished: opts.TCPEstablished, ExtUnixSockets: opts.ExtUnixSockets,
+		ShellJob: opts.ShellJob, FileLocks: opts.FileLocks,
+	}
+	if !opts.LeaveRunning {
+		// Write the image while the tree is still stopped: the container is
+		// killed only once its image is safe.
+		dopts.Commit = pack
+	}
+	res, err := engine.Dump(ctx, dopts)
+	if st == Paused {
+		// The engine thaws to collect the ptrace stops; a paused container
+		// stays paused.
+		if ferr := cg.Freeze(); ferr != nil && err == nil && opts.LeaveRunning {
+			err = fmt.Errorf("re-pause %s after checkpoint: %w", c.rec.ID, ferr)
+		}
+	}
+	if err != nil {
+		unlock()
+		return nil, fmt.Errorf("checkpoint of container %s: %w", c.rec.ID, err)
+	}
+	if opts.LeaveRunning {
+		// The tree runs again already: pack after the stall, not during it.
+		if err := pack(res); err != nil {
+			unlock()
+			return nil, err
+		}
+		unlock()
+		return written, nil
+	}
+	unlock()
+	if err := c.Delete(ctx, true); err != nil {
+		log.G(ctx).WithError(err).WithField("id", c.rec.ID).Warn("delete container after checkpoint")
+	}
+	return written, nil
+}
+
+// pausedFreezer lets the engine freeze and thaw the container's cgroup.
+type pausedFreezer struct {
+	cg     cgroups.Manager
+	paused bool
+}
+
+func (f *pausedFreezer) Freeze() error { return f.cg.Freeze() }
+func (f *pausedFreezer) Thaw() error   { return f.cg.Thaw() }
+
+// clocks reads the clocks as the container sees them: the host's plus the
+// offsets of the init's time namespace, so that a restore can make them
+// continue (a container restored twice keeps its timeline).
+func (c *Container) clocks() (oci.Clocks, error) {
+	cl, err := oci.ReadClocks()
+	if err != nil {
+		return cl, err
+	}
+	mono, boot, err := timeOffsets(c.rec.Pid)
+	if err != nil {
+		return cl, err
+	}
+	cl.Monotonic += mono
+	cl.Boottime += boot
+	return cl, nil
+}
+
+// timeOffsets reads /proc/PID/timens_offsets (nanoseconds).
+func timeOffsets(pid int) (mono, boot int64, err error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/timens_offsets", pid))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return 0, 0, nil
+		}
+		return 0, 0, fmt.Errorf("time namespace offsets of pid %d: %w", pid, err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) != 3 {
+			continue
+		}
+		sec, err1 := strconv.ParseInt(fs[1], 10, 64)
+		nsec, err2 := strconv.ParseInt(fs[2], 10, 64)
+		if err1 != nil || err2 != nil {
+			return 0, 0, fmt.Errorf("time namespace offsets of pid %d: bad line %q", pid, sc.Text())
+		}
+		v := sec*int64(time.Second) + nsec
+		switch fs[0] {
+		case "monotonic", "1":
+			mono = v
+		case "boottime", "7":
+			boot = v
+		}
+	}
+	return mono, boot, sc.Err()
+}
+
+func processSummary(res *engine.DumpResult) []oci.Process {
+	out := make([]oci.Process, 0, len(res.Processes))
+	for _, p := range res.Processes {
+		out = append(out, oci.Process{
+			Pid: p.Pid, PPid: p.PPid, Comm: p.Comm, Args: p.Args, UID: p.Uid, GID: p.Gid,
+			Cwd: p.Cwd, Threads: p.Threads, MemBytes: p.MemBytes, Files: p.Files,
+		})
+	}
+	return out
+}
+
+// workDir returns dir (created 0700) or, when dir is empty, a new private
+// directory under parent; cleanup removes what workDir created.
+func workDir(dir, parent, pattern string) (string, func(), error) {
+	if dir != "" {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return "", nil, fmt.Errorf("create work directory: %w", err)
+		}
+		w, err := os.MkdirTemp(dir, pattern)
+		if err != nil {
+			return "", nil, fmt.Errorf("create work directory: %w", err)
+		}
+		return w, func() { _ = os.RemoveAll(w) }, nil
+	}
+	if err := os.MkdirAll(parent, 0o700); err != nil {
+		return "", nil, fmt.Errorf("create work directory: %w", err)
+	}
+	w, err := os.MkdirTemp(parent, "."+pattern)
+	if err != nil {
+		return "", nil, fmt.Errorf("create work directory: %w", err)
+	}
+	return w, func() { _ = os.RemoveAll(w) }, nil
+}
+
+// RestoreOpts configure Restore: the container is created from the bundle
+// as for Create, then its process tree is rebuilt from the checkpoint.
+type RestoreOpts struct {
+	CreateOpts
+	// ImagePath is the checkpoint: an OCI layout directory or a .tar of one.
+	ImagePath string
+	// WorkPath holds the extracted engine files (default: a private
+	// directory under the container's state dir).
+	WorkPath string
+}
+
+// Restore creates container id from a checkpoint. The image is verified
+// completely before anything is created; a restore that fails removes
+// every process, mount and cgroup it made.
+func (r *Runtime) Restore(ctx context.Context, id string, opts RestoreOpts) (_ *Container, retErr error) {
+	if opts.ImagePath == "" {
+		return nil, fmt.Errorf("restore of %s: image path is required: %w", id, ErrInvalidConfig)
+	}
+	if err := checkImageOwner(opts.ImagePath); err != nil {
+		return nil, fmt.Errorf("restore of %s from %s: %w", id, opts.ImagePath, err)
+	}
+	ck, err := oci.OpenCheckpoint(opts.ImagePath)
+	if err != nil {
+		return nil, fmt.Errorf("restore of %s from %s: %w", id, opts.ImagePath, err)
+	}
+	defer ck.Close()
+	if err := checkRestorable(ck); err != nil {
+		return nil, fmt.Errorf("restore of %s from %s: %w", id, opts.ImagePath, err)
+	}
+	spec := opts.Spec
+	if spec == nil {
+		if spec, err = restoreBundleSpec(opts.Bundle, ck.Config.Spec); err != nil {
+			return nil, err
+		}
+	}
+	spec = restoreSpec(spec, ck.Config.Time)
+	work, cleanup, err := workDir(opts.WorkPath, r.root, "restore-"+id+"-")
+	if err != nil {
+		return nil, err
+	}
+	defer cleanup()
+	engineDir := filepath.Join(work, "engine")
+	if err := ck.Extract(engineDir); err != nil {
+		return nil, fmt.Errorf("restore of %s: extract checkpoint: %w", id, err)
+	}
+	copts := opts.CreateOpts
+	copts.Spec = spec
+	copts.InitELF = engine.Stub()
+	copts.InitArgs = []string{"cryo-restore"}
+	c, err := r.Create(ctx, id, copts)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			if err := c.Delete(ctx, true); err != nil {
+				log.G(ctx).WithError(err).WithField("id", id).Warn("remove container of a failed restore")
+			}
+		}
+	}()
+	if _, err := engine.Restore(ctx, engine.RestoreOptions{ImageDir: engineDir, Pid: c.Pid()}); err != nil {
+		return nil, fmt.Errorf("restore of container %s: %w", id, err)
+	}
+	return c, nil
+}
+
+// restoreBundleSpec is the bundle's config.json or, when the bundle has
+// none (a container moved to another host with just its rootfs), the spec
+// saved in the checkpoint, rooted at <bundle>/rootfs when its own root path
+// does not exist here.
+func restoreBundleSpec(bundle string, saved *specs.Spec) (*specs.Spec, error) {
+	if bundle == "" {
+		bundle = "."
+	}
+	bundle, err := filepath.Abs(bundle)
+	if err != nil {
+		return nil, err
+	}
+	spec, err := oci.LoadSpec(bundle)
+	if err == nil || saved == nil || !errors.Is(err, os.ErrNotExist) {
+		return spec, err
+	}
+	s := *saved
+	if s.Root == nil {
+		return nil, fmt.Errorf("checkpoint spec has no root and bundle %s has no config.json: %w", bundle, ErrInvalidConfig)
+	}
+	root := *s.Root
+	if _, err := os.Stat(root.Path); err != nil {
+		root.Path = filepath.Join(bundle, "rootfs")
+	}
+	s.Root = &root
+	return &s, nil
+}
+
+// checkImageOwner refuses a caller other than root a checkpoint image
+// (layout directory or archive) that another user owns: a checkpoint holds
+// its owner's memory and files, and like `cryo checkpoint rm` only its owner
+// or root may act on it, whatever its file modes allow.
+func checkImageOwner(p string) error {
+	uid := os.Geteuid()
+	if uid == 0 {
+		return nil
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(p, &st); err != nil {
+		return fmt.Errorf("checkpoint image: %w", err)
+	}
+	if int(st.Uid) != uid {
+		return fmt.Errorf("checkpoint is owned by uid %d, not by the caller (uid %d): %w", st.Uid, uid, unix.EPERM)
+	}
+	return nil
+}
+
+// checkRestorable refuses an image this host cannot run or that would give
+// the caller more privilege than it has.
+func checkRestorable(ck *oci.Checkpoint) error {
+	cfg := ck.Config
+	host, err := oci.HostInfo()
+	if err != nil {
+		return err
+	}
+	if cfg.Host.Arch != "" && cfg.Host.Arch != host.Arch {
+		return fmt.Errorf("checkpoint is for %s, this host is %s: %w", cfg.Host.Arch, host.Arch, ErrNotSupported)
+	}
+	if missing := oci.MissingCPUFeatures(cfg.Host.CPUFeatures, host.CPUFeatures); len(missing) > 0 {
+		return fmt.Errorf("this host's CPU lacks %s, which the checkpointed processes may use: %w",
+			strings.Join(missing, ", "), ErrNotSupported)
+	}
+	if uid := os.Geteuid(); uid != 0 {
+		for _, p := range cfg.Processes {
+			if p.UID != uint32(uid) {
+				return fmt.Errorf("process %d (%s) ran as uid %d; restoring it needs root, caller is uid %d: %w",
+					p.Pid, p.Comm, p.UID, uid, unix.EPERM)
+			}
+		}
+	}
+	return nil
+}
+
+// restoreSpec returns a copy of spec whose init gets a new time namespace
+// with offsets that make CLOCK_MONOTONIC and CLOCK_BOOTTIME continue from
+// their values at the checkpoint, without a jump (a joined time namespace is
+// left alone).
+func restoreSpec(spec *specs.Spec, saved oci.Clocks) *specs.Spec {
+	s := *spec
+	l := *spec.Linux
+	s.Linux = &l
+	for _, ns := range l.Namespaces {
+		if ns.Type == specs.TimeNamespace && ns.Path != "" {
+			return &s
+		}
+	}
+	now, err := oci.ReadClocks()
+	if err != nil || saved.Monotonic == 0 {
+		return &s
+	}
+	l.Namespaces = append([]specs.LinuxNamespace{}, l.Namespaces...)
+	if !slices.ContainsFunc(l.Namespaces, func(ns specs.LinuxNamespace) bool { return ns.Type == specs.TimeNamespace }) {
+		l.Namespaces = append(l.Namespaces, specs.LinuxNamespace{Type: specs.TimeNamespace})
+	}
+	l.TimeOffsets = map[string]specs.LinuxTimeOffset{
+		"monotonic": timeOffset(saved.Monotonic - now.Monotonic),
+		"boottime":  timeOffset(saved.Boottime - now.Boottime),
+	}
+	return &s
+}
+
+// timeOffset splits nanoseconds into the spec's seconds and non-negative
+// nanoseconds.
+func timeOffset(ns int64) specs.LinuxTimeOffset {
+	sec := ns / int64(time.Second)
+	rem := ns % int64(time.Second)
+	if rem < 0 {
+		sec--
+		rem += int64(time.Second)
+	}
+	return specs.LinuxTimeOffset{Secs: sec, Nanosecs: uint32(rem)}
+}

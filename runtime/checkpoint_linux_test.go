@@ -1,0 +1,271 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cryo-run/cryo/oci"
+)
+
+// counterLoop counts in the shell's memory and writes "count uptime" to
+// /tmp/counter five times a second: after a restore the count must go on from
+// the saved value (not from 1) and the container's uptime (CLOCK_BOOTTIME,
+// virtualised by the time namespace) must not jump.
+const counterLoop = `i=0; while :; do i=$((i+1)); read up rest < /proc/uptime; echo "$i $up" > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; sleep 0.2; done`
+
+type sample struct {
+	n      int
+	uptime float64
+}
+
+func readCounter(t *testing.T, rootfs string) (sample, bool) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(rootfs, "tmp/counter"))
+	if err != nil {
+		return sample{}, false
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return sample{}, false
+	}
+	n, err1 := strconv.Atoi(f[0])
+	up, err2 := strconv.ParseFloat(f[1], 64)
+	if err1 != nil || err2 != nil {
+		return sample{}, false
+	}
+	return sample{n, up}, true
+}
+
+// waitCounter waits until the counter satisfies ok.
+func waitCounter(t *testing.T, rootfs string, ok func(sample) bool) sample {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if s, found := readCounter(t, rootfs); found && ok(s) {
+			return s
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	s, _ := readCounter(t, rootfs)
+	t.Fatalf("counter never got there: last %+v", s)
+	return s
+}
+
+func startCounter(t *testing.T, r *Runtime, id string) (*Container, string) {
+	t.Helper()
+	bundle, s := newBundle(t, "sh", "-c", counterLoop)
+	ctx := context.Background()
+	c, err := r.Create(ctx, id, CreateOpts{Bundle: bundle, Spec: s})
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	t.Cleanup(func() { _ = c.Delete(ctx, true) })
+	if err := c.Start(ctx); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	waitCounter(t, s.Root.Path, func(s sample) bool { return s.n >= 3 })
+	return c, bundle
+}
+
+func nsPid(t *testing.T, hostPid int) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(hostPid) + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 1 && f[0] == "NSpid:" {
+			n, _ := strconv.Atoi(f[len(f)-1])
+			return n
+		}
+	}
+	t.Fatalf("no NSpid for %d", hostPid)
+	return 0
+}
+
+func TestCheckpointRestore(t *testing.T) {
+	r := newRuntime(t)
+	ctx := context.Background()
+	id := "ckpt-basic"
+	c, bundle := startCounter(t, r, id)
+	rootfs := c.Rootfs()
+	cgroup := c.rec.CgroupPath
+	image := filepath.Join(t.TempDir(), "image")
+
+	if _, err := c.Checkpoint(ctx, CheckpointOpts{ImagePath: image}); err != nil {
+		t.Fatalf("checkpoint: %v", err)
+	}
+	if _, err := r.Load(id); !errors.Is(err, ErrNotExist) {
+		t.Fatalf("container after checkpoint: got %v, want ErrNotExist", err)
+	}
+	if _, err := os.Stat(filepath.Join("/sys/fs/cgroup/freezer", cgroup)); !os.IsNotExist(err) {
+		t.Fatalf("cgroup %s still there after checkpoint: %v", cgroup, err)
+	}
+	saved, _ := readCounter(t, rootfs)
+	for _, p := range []string{image, filepath.Join(image, "index.json")} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := os.FileMode(0o600)
+		if fi.IsDir() {
+			want = 0o700
+		}
+		if fi.Mode().Perm() != want {
+			t.Errorf("%s: mode %v, want %v", p, fi.Mode().Perm(), want)
+		}
+	}
+	// Let real time pass: the restored clocks must not see it.
+	time.Sleep(1500 * time.Millisecond)
+	if again, _ := readCounter(t, rootfs); again != saved {
+		t.Fatalf("counter moved while checkpointed: %+v -> %+v", saved, again)
+	}
+
+	c2, err := r.Restore(ctx, id, RestoreOpts{CreateOpts: CreateOpts{Bundle: bundle}, ImagePath: image})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	t.Cleanup(func() { _ = c2.Delete(ctx, true) })
+	next := waitCounter(t, rootfs, func(s sample) bool { return s.n != saved.n })
+	if next.n != saved.n+1 {
+		t.Errorf("counter after restore: got %d, want %d (it must continue, not restart)", next.n, saved.n+1)
+	}
+	if d := next.uptime - saved.uptime; d < 0 || d > 1.0 {
+		t.Errorf("container uptime went from %.2f to %.2f across a 1.5 s checkpoint: the clock jumped", saved.uptime, next.uptime)
+	}
+	if got := nsPid(t, c2.Pid()); got != 1 {
+		t.Errorf("restored init is pid %d in its namespace, want 1", got)
+	}
+	st, err := c2.Status()
+	if err != nil || st != Running {
+		t.Fatalf("restored container status %v, %v", st, err)
+	}
+	waitCounter(t, rootfs, func(s sample) bool { return s.n >= next.n+3 })
+}
+
+func TestCheckpointLeaveRunning(t *testing.T) {
+	r := newRuntime(t)
+	ctx := context.Background()
+	id := "ckpt-leave"
+	c, bundle := startCounter(t, r, id)
+	rootfs := c.Rootfs()
+	image := filepath.Join(t.TempDir(), "image")
+	before, _ := readCounter(t, rootfs)
+	if _, err := c.Checkpoint(ctx, CheckpointOpts{ImagePath: image, LeaveRunning: true}); err != nil {
+		t.Fatalf("checkpoint: %v", err)
+	}
+	after := waitCounter(t, rootfs, func(s sample) bool { return s.n >= before.n+5 })
+	if st, err := c.Status(); err != nil || st != Running {
+		t.Fatalf("status after --leave-running checkpoint: %v, %v", st, err)
+	}
+	assertUntraced(t, c)
+
+	// The image holds the tree as it was: restored, it counts on from the
+	// checkpoint, behind the live container's count.
+	if err := c.Delete(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	c2, err := r.Restore(ctx, id, RestoreOpts{CreateOpts: CreateOpts{Bundle: bundle}, ImagePath: image})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	t.Cleanup(func() { _ = c2.Delete(ctx, true) })
+	next := waitCounter(t, rootfs, func(s sample) bool { return s.n < after.n })
+	if next.n < before.n || next.n > before.n+3 {
+		t.Errorf("restored counter %d, want just after the checkpoint's %d (live one reached %d)", next.n, before.n, after.n)
+	}
+}
+
+func assertUntraced(t *testing.T, c *Container) {
+	t.Helper()
+	pids, err := c.Processes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pids {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(p) + "/status")
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "TracerPid:") && strings.TrimSpace(strings.TrimPrefix(l, "TracerPid:")) != "0" {
+				t.Errorf("pid %d is still traced: %s", p, l)
+			}
+			if strings.HasPrefix(l, "State:") && strings.Contains(l, "stopped") {
+				t.Errorf("pid %d is stopped: %s", p, l)
+			}
+		}
+	}
+}
+
+// A checkpoint whose image cannot be written must leave the container
+// running: the tree is killed only once its image is safe.
+func TestCheckpointFailureKeepsContainer(t *testing.T) {
+	r := newRuntime(t)
+	ctx := context.Background()
+	c, _ := startCounter(t, r, "ckpt-fail")
+	before, _ := readCounter(t, c.Rootfs())
+	_, err := c.Checkpoint(ctx, CheckpointOpts{ImagePath: "/dev/null/image", WorkPath: t.TempDir()})
+	if err == nil {
+		t.Fatal("checkpoint into /dev/null/image succeeded")
+	}
+	waitCounter(t, c.Rootfs(), func(s sample) bool { return s.n >= before.n+3 })
+	if st, err := c.Status(); err != nil || st != Running {
+		t.Fatalf("status after a failed checkpoint: %v, %v", st, err)
+	}
+	assertUntraced(t, c)
+}
+
+// A tampered image is refused before anything is created.
+func TestRestoreTamperedImage(t *testing.T) {
+	r := newRuntime(t)
+	ctx := context.Background()
+	id := "ckpt-tamper"
+	c, bundle := startCounter(t, r, id)
+	cgroup := c.rec.CgroupPath
+	image := filepath.Join(t.TempDir(), "image")
+	if _, err := c.Checkpoint(ctx, CheckpointOpts{ImagePath: image}); err != nil {
+		t.Fatalf("checkpoint: %v", err)
+	}
+	blobs, err := filepath.Glob(filepath.Join(image, "blobs/sha256/*"))
+	if err != nil || len(blobs) == 0 {
+		t.Fatalf("no blobs: %v", err)
+	}
+	var biggest string
+	var size int64
+	for _, b := range blobs {
+		if fi, err := os.Stat(b); err == nil && fi.Size() > size {
+			biggest, size = b, fi.Size()
+		}
+	}
+	f, err := os.OpenFile(biggest, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1)
+	if _, err := f.ReadAt(buf, size/2); err != nil {
+		t.Fatal(err)
+	}
+	buf[0] ^= 0xff
+	if _, err := f.WriteAt(buf, size/2); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	_, err = r.Restore(ctx, id, RestoreOpts{CreateOpts: CreateOpts{Bundle: bundle}, ImagePath: image})
+	if !errors.Is(err, oci.ErrDigestMismatch) {
+		t.Fatalf("restore of a tampered image: got %v, want ErrDigestMismatch", err)
+	}
+	if list, err := r.List(); err != nil || len(list) != 0 {
+		t.Fatalf("containers after a refused restore: %v, %v", list, err)
+	}
+	if _, err := os.Stat(filepath.Join("/sys/fs/cgroup/freezer", cgroup)); !os.IsNotExist(err) {
+		t.Fatalf("cgroup %s exists after a refused restore", cgroup)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -25,6 +26,18 @@ type Container struct {
 	rec record
 	cmd *exec.Cmd // the init, when this process created it
 	cg  cgroups.Manager
+
+	waitMu sync.Mutex
+	waiter *initWaiter // the one wait for cmd, shared by every Wait
+}
+
+// initWaiter is the result of waiting for the init this process started:
+// a shim's exit watcher and a Delete (after a checkpoint that stops the
+// container, say) may both ask for it.
+type initWaiter struct {
+	done chan struct{}
+	code int
+	err  error
 }
 
 // ID is the container id.
@@ -249,11 +262,42 @@ func (c *Container) signalAll(sig syscall.Signal) error {
 // Wait waits for the init to exit and returns its exit code (128+signal when
 // killed). When this process is not the init's parent the code is -1.
 func (c *Container) Wait() (int, error) {
-	if c.cmd != nil {
-		err := c.cmd.Wait()
-		return exitCode(c.cmd, err)
+	c.waitMu.Lock()
+	cmd, w := c.cmd, c.waiter
+	if cmd == nil {
+		c.waitMu.Unlock()
+		return -1, waitGone(c.rec.Pid, c.rec.PidStartTime, 0)
 	}
-	return -1, waitGone(c.rec.Pid, c.rec.PidStartTime, 0)
+	if w == nil {
+		w = &initWaiter{done: make(chan struct{})}
+		c.waiter = w
+		go func() {
+			w.code, w.err = exitCode(cmd, waitCmd(cmd))
+			close(w.done)
+		}()
+	}
+	c.waitMu.Unlock()
+	<-w.done
+	return w.code, w.err
+}
+
+// waitCmd waits for a child started with os/exec. A waiter in a process that
+// also checkpoints the child (a shim: the parent of the init, and the
+// engine's tracer) must not consume its ptrace stops, and every wait call of
+// the tracer's process, waitid(WEXITED) included, reports them: so the
+// child's pidfd is polled first, which becomes readable only when the child
+// has exited, and only then is the exit collected.
+func waitCmd(cmd *exec.Cmd) error {
+	if fd, err := unix.PidfdOpen(cmd.Process.Pid, 0); err == nil {
+		for {
+			_, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, -1)
+			if !errors.Is(err, unix.EINTR) {
+				break
+			}
+		}
+		unix.Close(fd)
+	}
+	return cmd.Wait()
 }
 
 func exitCode(cmd *exec.Cmd, err error) (int, error) {
@@ -364,7 +408,9 @@ func (c *Container) destroy(ctx context.Context) error {
 	}
 	if c.cmd != nil {
 		_, _ = c.Wait()
+		c.waitMu.Lock()
 		c.cmd = nil
+		c.waitMu.Unlock()
 	}
 	if cg, err := c.Cgroup(); err == nil {
 		if err := cg.Delete(); err != nil {

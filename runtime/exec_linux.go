@@ -39,7 +39,7 @@ type Process struct {
 // Wait waits for the process (this process is its parent) and returns its
 // exit code (128+signal when killed).
 func (p *Process) Wait() (int, error) {
-	err := p.cmd.Wait()
+	err := waitCmd(p.cmd)
 	return exitCode(p.cmd, err)
 }
 

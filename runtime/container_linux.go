@@ -25,19 +25,12 @@ type Container struct {
 	dir string
 	rec record
 	cmd *exec.Cmd // the init, when this process created it
-	cg  cgroups.Manager
-
-	waitMu sync.Mutex
-	waiter *initWaiter // the one wait for cmd, shared by every Wait
-}
-
-// initWaiter is the result of waiting for the init this process started:
-// a shim's exit watcher and a Delete (after a checkpoint that stops the
-// container, say) may both ask for it.
-type initWaiter struct {
-	done chan struct{}
-	code int
-	err  error
+	// waitOnce makes Wait safe for several callers (the shim's exit watcher
+	// and a checkpoint's delete); waitCode and waitErr are its result.
+	waitOnce sync.Once
+	waitCode int
+	waitErr  error
+	cg       cgroups.Manager
 }
 
 // ID is the container id.
@@ -262,42 +255,20 @@ func (c *Container) signalAll(sig syscall.Signal) error {
 // Wait waits for the init to exit and returns its exit code (128+signal when
 // killed). When this process is not the init's parent the code is -1.
 func (c *Container) Wait() (int, error) {
-	c.waitMu.Lock()
-	cmd, w := c.cmd, c.waiter
-	if cmd == nil {
-		c.waitMu.Unlock()
-		return -1, waitGone(c.rec.Pid, c.rec.PidStartTime, 0)
-	}
-	if w == nil {
-		w = &initWaiter{done: make(chan struct{})}
-		c.waiter = w
-		go func() {
-			w.code, w.err = exitCode(cmd, waitCmd(cmd))
-			close(w.done)
-		}()
-	}
-	c.waitMu.Unlock()
-	<-w.done
-	return w.code, w.err
-}
-
-// waitCmd waits for a child started with os/exec. A waiter in a process that
-// also checkpoints the child (a shim: the parent of the init, and the
-// engine's tracer) must not consume its ptrace stops, and every wait call of
-// the tracer's process, waitid(WEXITED) included, reports them: so the
-// child's pidfd is polled first, which becomes readable only when the child
-// has exited, and only then is the exit collected.
-func waitCmd(cmd *exec.Cmd) error {
-	if fd, err := unix.PidfdOpen(cmd.Process.Pid, 0); err == nil {
-		for {
-			_, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, -1)
-			if !errors.Is(err, unix.EINTR) {
-				break
+	if c.cmd != nil {
+		c.waitOnce.Do(func() {
+			// Wait for the exit on the pidfd before reaping: a wait would also
+			// consume the ptrace stops of the init while this process's engine
+			// traces it (an in-process checkpoint, as in the shim).
+			if err := waitGone(c.rec.Pid, c.rec.PidStartTime, 0); err != nil {
+				c.waitCode, c.waitErr = -1, err
+				return
 			}
-		}
-		unix.Close(fd)
+			c.waitCode, c.waitErr = exitCode(c.cmd, c.cmd.Wait())
+		})
+		return c.waitCode, c.waitErr
 	}
-	return cmd.Wait()
+	return -1, waitGone(c.rec.Pid, c.rec.PidStartTime, 0)
 }
 
 func exitCode(cmd *exec.Cmd, err error) (int, error) {
@@ -408,9 +379,6 @@ func (c *Container) destroy(ctx context.Context) error {
 	}
 	if c.cmd != nil {
 		_, _ = c.Wait()
-		c.waitMu.Lock()
-		c.cmd = nil
-		c.waitMu.Unlock()
 	}
 	if cg, err := c.Cgroup(); err == nil {
 		if err := cg.Delete(); err != nil {
@@ -492,6 +460,44 @@ func (c *Container) Update(r *specs.LinuxResources) error {
 	if err := cg.Set(r); err != nil {
 		return fmt.Errorf("update resources of %s: %w", c.rec.ID, err)
 	}
-	c.rec.Spec.Linux.Resources = r
+	// Record the merge: decoding r's JSON onto the current resources keeps
+	// every field r leaves unset.
+	cur := c.rec.Spec.Linux.Resources
+	if cur == nil {
+		cur = &specs.LinuxResources{}
+	}
+	data, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(data, cur); err != nil {
+		return err
+	}
+	c.rec.Spec.Linux.Resources = cur
 	return c.save()
+}
+
+// Stats reads the cgroup statistics of the container.
+func (c *Container) Stats() (*cgroups.Stats, error) {
+	st, err := c.Status()
+	if err != nil {
+		return nil, err
+	}
+	if st == Stopped {
+		return nil, ErrNotRunning
+	}
+	cg, err := c.Cgroup()
+	if err != nil {
+		return nil, err
+	}
+	return cg.Stats()
+}
+
+// OOMEvents reports OOM kills in the container's cgroup until ctx is done.
+func (c *Container) OOMEvents(ctx context.Context) (<-chan struct{}, error) {
+	cg, err := c.Cgroup()
+	if err != nil {
+		return nil, err
+	}
+	return cg.OOMEvents(ctx)
 }

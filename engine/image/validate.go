@@ -43,6 +43,33 @@ func (inv *Inventory) Validate() error {
 			return bad("pipe %d: %d bytes buffered in a pipe of size %d", p.ID, len(p.Data), p.Size)
 		}
 	}
+	socks := map[uint64]UnixSocket{}
+	for _, u := range inv.UnixSockets {
+		if _, dup := socks[u.ID]; dup || u.ID == u.Peer || len(u.Queue) > 1<<30 {
+			return bad("unix socket %d repeated, its own peer or with %d queued bytes", u.ID, len(u.Queue))
+		}
+		socks[u.ID] = u
+	}
+	for _, u := range inv.UnixSockets {
+		if p, ok := socks[u.Peer]; !ok || p.Peer != u.ID || p.Type != u.Type {
+			return bad("unix socket %d: peer %d missing or not paired with it", u.ID, u.Peer)
+		}
+	}
+	shm := map[uint64]bool{}
+	for _, o := range inv.Shmems {
+		if shm[o.ID] || o.Size > 1<<40 || o.Size%PageSize != 0 && o.Memfd == false {
+			return bad("shmem %d repeated or of size %d", o.ID, o.Size)
+		}
+		shm[o.ID] = true
+		var next uint64
+		for _, r := range o.Runs {
+			if r.Len == 0 || r.Addr < next || r.Addr+r.Len < r.Addr || r.Addr+r.Len > o.Size+PageSize ||
+				r.Off+r.Len < r.Off || r.Off+r.Len > o.PagesSize {
+				return bad("shmem %d: run %#x+%#x at %#x", o.ID, r.Addr, r.Len, r.Off)
+			}
+			next = r.Addr + r.Len
+		}
+	}
 	if inv.XStateSize < 0 || inv.XStateSize > 1<<20 {
 		return bad("xstate size %d", inv.XStateSize)
 	}
@@ -99,16 +126,28 @@ func (t *Task) Validate() error {
 		}
 		fds[f.Fd] = true
 		switch f.Kind {
-		case FdFile, FdDevice:
+		case FdFile, FdDevice, FdFifo:
 			if f.Path == "" || f.Path[0] != '/' {
 				return bad("task %d fd %d: path %q is not absolute", t.Pid, f.Fd, f.Path)
 			}
-		case FdPipe, FdEventfd, FdSignalfd:
+		case FdPipe, FdEventfd, FdSignalfd, FdMemfd, FdUnix:
 		case FdTimerfd:
 			if f.Timerfd == nil {
 				return bad("task %d fd %d: timerfd without state", t.Pid, f.Fd)
 			}
+		case FdInotify:
+			prev := 0
+			for _, w := range f.Inotify {
+				if w.Wd <= prev || w.Path == "" || w.Path[0] != '/' {
+					return bad("task %d fd %d: inotify watch %d on %q", t.Pid, f.Fd, w.Wd, w.Path)
+				}
+				prev = w.Wd
+			}
 		case FdEpoll:
+		case FdSocket, FdDeleted:
+			if err := f.validateKind(); err != nil {
+				return fmt.Errorf("task %d fd %d: %w", t.Pid, f.Fd, err)
+			}
 		case FdExternal:
 			if f.Stdio < 0 || f.Stdio > 2 {
 				return bad("task %d fd %d: stdio index %d", t.Pid, f.Fd, f.Stdio)
@@ -159,11 +198,22 @@ func (mm *Mm) Validate() error {
 			return bad("vma %d: %#x-%#x overlaps or is out of order", i, v.Start, v.End)
 		}
 		prevEnd = v.End
+		for _, a := range v.Advice {
+			switch a {
+			case MadvDontfork, MadvWipeonfork, MadvDontdump, MadvHugepage, MadvNohugepage, MadvMergeable:
+			default:
+				return bad("vma %#x: advice %q", v.Start, a)
+			}
+		}
 		if v.Prot&^(ProtRead|ProtWrite|ProtExec) != 0 {
 			return bad("vma %#x: prot %#x", v.Start, v.Prot)
 		}
 		switch v.Kind {
-		case VmaAnon, VmaShmem, VmaVdso, VmaVvar, VmaVvarVclock, VmaVsyscall:
+		case VmaAnon, VmaVdso, VmaVvar, VmaVvarVclock, VmaVsyscall:
+		case VmaShmem:
+			if v.ShmemID == 0 || v.Offset%PageSize != 0 {
+				return bad("vma %#x: shared memory object %d at %#x", v.Start, v.ShmemID, v.Offset)
+			}
 		case VmaFile:
 			if v.Path == "" || v.Path[0] != '/' || v.Offset%PageSize != 0 {
 				return bad("vma %#x: file %q offset %#x", v.Start, v.Path, v.Offset)

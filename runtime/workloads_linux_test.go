@@ -387,13 +387,15 @@ func TestWorkloadPython(t *testing.T) {
 // TestWorkloadShellPipeline checkpoints Debian's bash reading numbers from
 // `seq | cat` through two pipes that are full at the checkpoint: after the
 // restore no number is lost or repeated (the loop checks each one follows the
-// last), the count goes on, and every process has its PID.
+// last), the count goes on, and every process has its PID. The count is
+// written in place (1<>, no truncation: the numbers only grow longer) so the
+// file is never empty when the checkpoint is taken.
 func TestWorkloadShellPipeline(t *testing.T) {
 	const script = `p=0
 seq 1 1000000000 | cat | while read -r i; do
 	if [ "$i" -ne $((p+1)) ]; then echo "gap after $p: $i" > /tmp/sh.err; exit 1; fi
 	p=$i
-	echo "$i" > /tmp/sh.count
+	echo "$i" 1<>/tmp/sh.count
 done
 echo "pipeline ended at $p" > /tmp/sh.err`
 	w := newWorkload(t, "/usr/bin/bash", "-c", script)
@@ -415,6 +417,10 @@ echo "pipeline ended at $p" > /tmp/sh.err`
 	w.checkpoint(CheckpointOpts{LeaveRunning: true})
 	mid := count(func(n int64) bool { return n >= first+1000 })
 
+	// seq and cat outrun the loop: both wait in pipe_write, their pipes
+	// full, when the checkpoint is taken.
+	w.waitWchan("seq", "pipe_write")
+	w.waitWchan("cat", "pipe_write")
 	image := w.checkpoint(CheckpointOpts{})
 	saved, _ := w.ints("sh.count", 1, 1)
 	w.restore(image)
@@ -426,6 +432,32 @@ echo "pipeline ended at $p" > /tmp/sh.err`
 		t.Fatalf("processes after restore: %v, want %v", got, procs)
 	}
 	count(func(n int64) bool { return n > next+1000 })
+}
+
+// waitWchan waits until the container's process named comm waits in the
+// kernel function wchan (or a function whose name ends with it).
+func (w *workload) waitWchan(comm, wchan string) {
+	w.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	var last string
+	for time.Now().Before(deadline) {
+		pids, err := w.c.Processes()
+		if err != nil {
+			w.t.Fatal(err)
+		}
+		for _, p := range pids {
+			c, _ := os.ReadFile("/proc/" + strconv.Itoa(p) + "/comm")
+			if strings.TrimSpace(string(c)) != comm {
+				continue
+			}
+			b, _ := os.ReadFile("/proc/" + strconv.Itoa(p) + "/wchan")
+			if last = string(b); strings.HasSuffix(last, wchan) {
+				return
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	w.t.Fatalf("%s never waited in %s (last %q)", comm, wchan, last)
 }
 
 // TestWorkloadRedis checkpoints Debian's redis-server listening on 127.0.0.1

@@ -434,6 +434,23 @@ echo "pipeline ended at $p" > /tmp/sh.err`
 	count(func(n int64) bool { return n > next+1000 })
 }
 
+// hostPid returns the host pid of the container's process named comm.
+func (w *workload) hostPid(comm string) int {
+	w.t.Helper()
+	pids, err := w.c.Processes()
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	for _, p := range pids {
+		c, _ := os.ReadFile("/proc/" + strconv.Itoa(p) + "/comm")
+		if strings.TrimSpace(string(c)) == comm {
+			return p
+		}
+	}
+	w.t.Fatalf("no process %s in the container", comm)
+	return 0
+}
+
 // waitWchan waits until the container's process named comm waits in the
 // kernel function wchan (or a function whose name ends with it).
 func (w *workload) waitWchan(comm, wchan string) {
@@ -486,6 +503,11 @@ while :; do
 done`
 	w := newWorkload(t, "/usr/bin/bash", "-c", script)
 	w.start()
+	t.Cleanup(func() {
+		if b, err := os.ReadFile(filepath.Join(w.rootfs, "tmp/redis.log")); err == nil && t.Failed() {
+			t.Logf("redis log:\n%s", b)
+		}
+	})
 	ctr := func(ok func(int64) bool) int64 {
 		t.Helper()
 		return w.waitInts("redis.ctr", 1, 1, func(v []int64) bool { return ok(v[0]) })[0]
@@ -507,16 +529,20 @@ done`
 	w.checkpoint(CheckpointOpts{LeaveRunning: true, TCPEstablished: true})
 	live := ctr(func(n int64) bool { return n >= first+10 })
 
+	server := threads(t, w.hostPid("redis-server"))
 	image := w.checkpoint(CheckpointOpts{TCPEstablished: true})
 	saved, _ := w.ints("redis.ctr", 1, 1)
 	w.restore(image)
+	if got := threads(t, w.hostPid("redis-server")); !slices.Equal(got, server) {
+		t.Errorf("redis-server threads after restore: %v, before %v", got, server)
+	}
 	next := ctr(func(n int64) bool { return n != saved[0] })
 	if next < saved[0]+1 || next > saved[0]+3 || next <= live {
 		t.Fatalf("INCR over the held connection after restore: %d, want just after %d", next, saved[0])
 	}
 	for _, q := range [][2]string{
 		{"DBSIZE", "100002"},
-		{"GET key:4242", "value:4242"},
+		{"GET key:4242", "value:4242" + strings.Repeat("\x00", 32-len("value:4242"))}, // DEBUG POPULATE pads to the size
 		{"GET greeting", "hello-before-checkpoint"},
 		{"STRLEN key:99999", "32"},
 	} {

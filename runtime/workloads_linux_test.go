@@ -22,6 +22,7 @@ import (
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/cryo-run/cryo/integration/testutil"
 )
@@ -702,6 +703,10 @@ func TestWorkloadThreads(t *testing.T) {
 	w.checkpoint(CheckpointOpts{LeaveRunning: true})
 	get(progressed(first))
 
+	waitBlocked(t, w.c.Pid(), map[string]int{
+		"futex": unix.SYS_FUTEX, "sleep": unix.SYS_CLOCK_NANOSLEEP, "pipe": unix.SYS_READ,
+		"epoll": unix.SYS_EPOLL_WAIT, "cond": unix.SYS_FUTEX,
+	})
 	image := w.checkpoint(CheckpointOpts{})
 	saved, _ := w.ints("mt.status", 7, 7)
 	w.restore(image)
@@ -724,4 +729,40 @@ func TestWorkloadThreads(t *testing.T) {
 	if got := threads(t, w.c.Pid()); !slices.Equal(got, ths) {
 		t.Errorf("threads after restore %v, before %v", got, ths)
 	}
+}
+
+// waitBlocked waits until every thread of pid named in want is blocked in
+// the system call given for it (/proc/PID/task/TID/syscall), all at once.
+func waitBlocked(t *testing.T, pid int, want map[string]int) {
+	t.Helper()
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	deadline := time.Now().Add(5 * time.Second)
+	var state []string
+	for time.Now().Before(deadline) {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		state = state[:0]
+		blocked := 0
+		for _, e := range ents {
+			comm, _ := os.ReadFile(filepath.Join(dir, e.Name(), "comm"))
+			sc, _ := os.ReadFile(filepath.Join(dir, e.Name(), "syscall"))
+			name := strings.TrimSpace(string(comm))
+			nr, ok := want[name]
+			if !ok {
+				continue
+			}
+			f := strings.Fields(string(sc))
+			state = append(state, name+": "+strings.Join(f[:min(len(f), 1)], ""))
+			if len(f) > 0 && f[0] == strconv.Itoa(nr) {
+				blocked++
+			}
+		}
+		if blocked == len(want) {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Fatalf("the threads were never all blocked in their system calls: %v", state)
 }

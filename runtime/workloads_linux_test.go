@@ -531,11 +531,24 @@ done`
 	live := ctr(func(n int64) bool { return n >= first+10 })
 
 	server := threads(t, w.hostPid("redis-server"))
+	mss := w.heldMSS()
 	image := w.checkpoint(CheckpointOpts{TCPEstablished: true})
 	saved, _ := w.ints("redis.ctr", 1, 1)
 	w.restore(image)
 	if got := threads(t, w.hostPid("redis-server")); !slices.Equal(got, server) {
 		t.Errorf("redis-server threads after restore: %v, before %v", got, server)
+	}
+	// The held connection keeps its segment size, not the 536-byte default
+	// of a connection that never saw a SYN. (On loopback it was bounded by
+	// half the peer's window, 32768, which a repaired connection cannot
+	// reproduce exactly: the user MSS it is connected with is at most
+	// 32767, less the timestamp option.)
+	for i, m := range w.heldMSS() {
+		got, _ := strconv.Atoi(strings.TrimPrefix(m, "mss:"))
+		want, _ := strconv.Atoi(strings.TrimPrefix(mss[i], "mss:"))
+		if got < want-want/100 || got > want {
+			t.Errorf("segment size (ss mss:) of the held connection after restore: %d, before %d", got, want)
+		}
 	}
 	next := ctr(func(n int64) bool { return n != saved[0] })
 	if next < saved[0]+1 || next > saved[0]+3 || next <= live {
@@ -552,6 +565,24 @@ done`
 		}
 	}
 	ctr(func(n int64) bool { return n >= next+5 })
+}
+
+// heldMSS returns the "mss:" ss reports for both ends of the established
+// connections to port 6379 in the container, sorted.
+func (w *workload) heldMSS() []string {
+	w.t.Helper()
+	out := w.exec("ss", "-tniH", "state", "established")
+	var mss []string
+	for _, f := range strings.Fields(out) {
+		if strings.HasPrefix(f, "mss:") {
+			mss = append(mss, f)
+		}
+	}
+	if len(mss) != 2 {
+		w.t.Fatalf("ss in the container: want the two ends of the held connection, got:\n%s", out)
+	}
+	slices.Sort(mss)
+	return mss
 }
 
 // exec runs args in the container and returns its trimmed stdout.

@@ -47,6 +47,7 @@ type dumper struct {
 	frozen bool
 	inv    image.Inventory
 	files  *fileTable
+	shmems *shmemTable
 	result DumpResult
 }
 
@@ -73,7 +74,8 @@ func Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
-	d := &dumper{opts: opts, byPid: map[int]*dtask{}, files: newFileTable()}
+	d := &dumper{opts: opts, byPid: map[int]*dtask{}, files: newFileTable(), shmems: newShmemTable(opts.ImageDir)}
+	d.files.shmems = d.shmems
 	err := d.run(ctx)
 	if err == nil && opts.Commit != nil {
 		if err = opts.Commit(&d.result); err != nil {
@@ -125,6 +127,8 @@ func (d *dumper) run(ctx context.Context) error {
 	var uts unix.Utsname
 	_ = unix.Uname(&uts)
 	d.inv = image.Inventory{Header: image.NewHeader(), Kernel: unix.ByteSliceToString(uts.Release[:])}
+	// The tree is stopped: its clocks stop here.
+	d.inv.Monotonic, d.inv.Boottime = treeClocks(d.tasks[0].pid)
 	d.result.Kernel = d.inv.Kernel
 	for _, t := range d.tasks {
 		if err := d.dumpTask(ctx, t); err != nil {
@@ -134,6 +138,9 @@ func (d *dumper) run(ctx context.Context) error {
 	if err := d.files.dumpPipes(&d.inv); err != nil {
 		return err
 	}
+	d.shmems.inventory(&d.inv)
+	d.result.PageBytes += d.shmems.bytes
+	d.result.PageFiles = append(d.result.PageFiles, d.shmems.files...)
 	for _, t := range d.tasks {
 		d.inv.Tasks = append(d.inv.Tasks, t.nspid)
 		name := image.TaskFile(t.nspid)
@@ -490,6 +497,15 @@ func (d *dumper) dumpTask(ctx context.Context, t *dtask) error {
 	if t.root, err = readlinkProc(t.pid, "root"); err != nil {
 		return err
 	}
+	if t != d.tasks[0] && t.root != d.tasks[0].root {
+		return fmt.Errorf("%w: its root %s differs from the root task's (%s)", ErrUnsupported, t.root, d.tasks[0].root)
+	}
+	if err := d.checkNamespaces(t); err != nil {
+		return err
+	}
+	if timers, err := os.ReadFile(fmt.Sprintf("/proc/%d/timers", t.pid)); err == nil && len(strings.TrimSpace(string(timers))) > 0 {
+		return fmt.Errorf("%w: POSIX timers (timer_create) are not supported yet", ErrUnsupported)
+	}
 	cwd, err := readlinkProc(t.pid, "cwd")
 	if err != nil {
 		return err
@@ -575,6 +591,28 @@ func (d *dumper) dumpTask(ctx context.Context, t *dtask) error {
 	for _, f := range rec.Fds {
 		if f.Path != "" {
 			t.info.Files = append(t.info.Files, f.Path)
+		}
+	}
+	return nil
+}
+
+// namespaceKinds are the namespaces a task must share with the root task:
+// the restore rebuilds every task inside the namespaces of the stub.
+var namespaceKinds = []string{"mnt", "net", "uts", "ipc", "user", "cgroup", "time", "pid_for_children"}
+
+func (d *dumper) checkNamespaces(t *dtask) error {
+	root := d.tasks[0]
+	if t == root {
+		return nil
+	}
+	for _, ns := range namespaceKinds {
+		a, err1 := readlinkProc(t.pid, "ns/"+ns)
+		b, err2 := readlinkProc(root.pid, "ns/"+ns)
+		if err1 != nil || err2 != nil {
+			continue // a kernel without this namespace kind
+		}
+		if a != b {
+			return fmt.Errorf("%w: it is in another %s namespace (%s) than the root task (%s)", ErrUnsupported, ns, a, b)
 		}
 	}
 	return nil
@@ -762,7 +800,7 @@ func (d *dumper) dumpMm(t *dtask, maps []procfs.Mapping) (*image.Mm, error) {
 	defer pw.release()
 	ri := 0
 	for _, m := range maps {
-		v, dumpPages, err := vmaOf(t, m)
+		v, dumpPages, err := d.vmaOf(t, m)
 		if err != nil {
 			return nil, fmt.Errorf("mapping %#x-%#x %s: %w", m.Start, m.End, m.Path, err)
 		}
@@ -777,7 +815,7 @@ func (d *dumper) dumpMm(t *dtask, maps []procfs.Mapping) (*image.Mm, error) {
 			if r.Categories&pageIsPfnzero != 0 {
 				continue // the shared zero page: restored as untouched memory
 			}
-			if v.Kind == image.VmaFile && r.Categories&pageIsFile != 0 && r.Categories&pageIsSwapped == 0 {
+			if (v.Kind == image.VmaFile || v.Kind == image.VmaShmem) && r.Categories&pageIsFile != 0 && r.Categories&pageIsSwapped == 0 {
 				continue // still the file's page cache: the file has it
 			}
 			a, e := max(r.Start, m.Start), min(r.End, m.End)
@@ -811,7 +849,7 @@ func (d *dumper) dumpMm(t *dtask, maps []procfs.Mapping) (*image.Mm, error) {
 
 // vmaOf translates one mapping; it returns nil for mappings that are not
 // restored (the scratch page, [vsyscall]) and whether its pages are dumped.
-func vmaOf(t *dtask, m procfs.Mapping) (*image.Vma, bool, error) {
+func (d *dumper) vmaOf(t *dtask, m procfs.Mapping) (*image.Vma, bool, error) {
 	if m.Start == t.scratch {
 		return nil, false, nil
 	}
@@ -849,8 +887,17 @@ func vmaOf(t *dtask, m procfs.Mapping) (*image.Vma, bool, error) {
 		}
 		v.Kind, v.Name = image.VmaAnon, m.Path
 		return v, true, nil
-	case m.Path == "/dev/zero" || strings.HasPrefix(m.Path, "/SYSV") || strings.HasPrefix(m.Path, "/memfd:"):
-		return nil, false, fmt.Errorf("%w: shared memory object %s is not supported yet", ErrUnsupported, m.Path)
+	case strings.HasPrefix(m.Path, "/SYSV"):
+		return nil, false, fmt.Errorf("%w: System V shared memory is not supported yet", ErrUnsupported)
+	case m.Deleted && (m.Path == "/dev/zero" && m.Shared || strings.HasPrefix(m.Path, "/memfd:")):
+		// Shared anonymous memory or a memfd: a shmem object of its own.
+		memfd := strings.HasPrefix(m.Path, "/memfd:")
+		name := strings.TrimPrefix(m.Path, "/memfd:")
+		if err := d.shmems.add(m.Inode, fmt.Sprintf("/proc/%d/map_files/%x-%x", t.pid, m.Start, m.End), memfd, name); err != nil {
+			return nil, false, err
+		}
+		v.Kind, v.ShmemID, v.Offset = image.VmaShmem, m.Inode, m.Offset
+		return v, !m.Shared, nil
 	case m.Deleted:
 		return nil, false, fmt.Errorf("%w: mapping of the deleted file %s", ErrUnsupported, m.Path)
 	case strings.HasPrefix(m.Path, "/"):

@@ -40,6 +40,7 @@ type fileTable struct {
 	rootPid   int
 	pipeRefs  map[uint64]openRef
 	pipeOrder []uint64
+	shmems    *shmemTable
 }
 
 func newFileTable() *fileTable {
@@ -139,6 +140,9 @@ func (ft *fileTable) dumpFd(t *dtask, fd int) (*image.Fd, error) {
 	if err := unix.Stat(link, &st); err != nil {
 		return nil, fmt.Errorf("%s: stat: %w", target, err)
 	}
+	if _, ok := fi.Extra["lock"]; ok {
+		return nil, fmt.Errorf("%s: file locks are %w yet", target, ErrUnsupported)
+	}
 	out := &image.Fd{Fd: fd, CloExec: fi.Flags&unix.O_CLOEXEC != 0, Flags: fi.Flags &^ unix.O_CLOEXEC, Pos: fi.Pos}
 	if out.File, err = ft.identify(t.pid, fd, &st); err != nil {
 		return nil, fmt.Errorf("%s: %w", target, err)
@@ -177,6 +181,13 @@ func (ft *fileTable) dumpFd(t *dtask, fd int) (*image.Fd, error) {
 		return nil, fmt.Errorf("%s: %s files are %w yet", target, strings.TrimPrefix(target, "anon_inode:"), ErrUnsupported)
 	case !strings.HasPrefix(target, "/"):
 		return nil, fmt.Errorf("%s: this kind of file is %w yet", target, ErrUnsupported)
+	case strings.HasPrefix(target, "/memfd:") && strings.HasSuffix(target, " (deleted)"):
+		name := strings.TrimSuffix(strings.TrimPrefix(target, "/memfd:"), " (deleted)")
+		if err := ft.shmems.add(st.Ino, link, true, name); err != nil {
+			return nil, fmt.Errorf("%s: %w", target, err)
+		}
+		out.Kind, out.Shmem = image.FdMemfd, st.Ino
+		return out, nil
 	case strings.HasSuffix(target, " (deleted)"):
 		return nil, fmt.Errorf("%s: open deleted files are %w yet", target, ErrUnsupported)
 	}

@@ -39,6 +39,9 @@ type rtask struct {
 	local map[uint64]int
 	// gadgetMapped says the gadget pages are still mapped in the task.
 	gadgetMapped bool
+	// base is the lowest fd number above every restored fd: temporary fds
+	// are parked at or above it.
+	base int
 }
 
 func (rt *rtask) lead() *tracee { return rt.threads[0] }
@@ -61,6 +64,12 @@ type restorer struct {
 	pipeEnds map[pipeEnd]holder
 	pipes    map[uint64]*image.Pipe
 	epolls   []epollReg
+	// shmems are the shared memory objects; shmemHolders say which task
+	// holds an fd of each one created so far.
+	shmems       map[uint64]*image.Shmem
+	shmemHolders map[uint64]holder
+	// stdio is the helper holding RestoreOptions.Stdio, started when needed.
+	stdio *stdioHelper
 }
 
 type pipeEnd struct {
@@ -77,7 +86,11 @@ func Restore(ctx context.Context, opts RestoreOptions) (*RestoreResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
-	r := &restorer{opts: opts, inv: inv, byPid: map[int]*rtask{}, files: map[uint64]holder{}, pipeEnds: map[pipeEnd]holder{}, pipes: map[uint64]*image.Pipe{}}
+	r := &restorer{opts: opts, inv: inv, byPid: map[int]*rtask{}, files: map[uint64]holder{}, pipeEnds: map[pipeEnd]holder{}, pipes: map[uint64]*image.Pipe{},
+		shmems: map[uint64]*image.Shmem{}, shmemHolders: map[uint64]holder{}}
+	for i := range inv.Shmems {
+		r.shmems[inv.Shmems[i].ID] = &inv.Shmems[i]
+	}
 	for i := range inv.Pipes {
 		r.pipes[inv.Pipes[i].ID] = &inv.Pipes[i]
 	}
@@ -86,7 +99,10 @@ func Restore(ctx context.Context, opts RestoreOptions) (*RestoreResult, error) {
 		if err != nil {
 			return nil, fmt.Errorf("restore: %w", err)
 		}
-		rt := &rtask{rec: rec, stdio: [3]int{-1, -1, -1}, local: map[uint64]int{}}
+		rt := &rtask{rec: rec, stdio: [3]int{-1, -1, -1}, local: map[uint64]int{}, base: 3}
+		for _, f := range rec.Fds {
+			rt.base = max(rt.base, f.Fd+1)
+		}
 		if len(r.tasks) > 0 {
 			if rt.parent = r.byPid[rec.PPid]; rt.parent == nil {
 				return nil, fmt.Errorf("restore: task %d: parent %d not restored before it", pid, rec.PPid)
@@ -100,6 +116,11 @@ func Restore(ctx context.Context, opts RestoreOptions) (*RestoreResult, error) {
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	defer func() {
+		if r.stdio != nil {
+			r.stdio.stop()
+		}
+	}()
 	if err := r.run(ctx); err != nil {
 		r.killAll()
 		return nil, fmt.Errorf("restore from %s: %w", opts.ImageDir, err)
@@ -177,6 +198,9 @@ func (r *restorer) run(ctx context.Context) error {
 		}
 	}
 	if err := r.registerEpolls(); err != nil {
+		return err
+	}
+	if err := r.sealShmems(); err != nil {
 		return err
 	}
 	for _, rt := range r.tasks {
@@ -559,6 +583,9 @@ func (r *restorer) makeZombie(rt *rtask) error {
 func (r *restorer) restoreMm(rt *rtask) error {
 	t := rt.lead()
 	mm := rt.rec.Mm
+	if err := r.cleanStubFds(rt); err != nil {
+		return err
+	}
 	maps, err := procfs.ReadMaps(rt.hostPid)
 	if err != nil {
 		return err
@@ -632,6 +659,18 @@ func (r *restorer) restoreMm(rt *rtask) error {
 			}
 			if _, err := t.sys("mmap file", unix.SYS_MMAP, v.Start, v.End-v.Start, prot, flags, fd, v.Offset); err != nil {
 				return fmt.Errorf("mapping %#x-%#x of %s: %w", v.Start, v.End, v.Path, err)
+			}
+		case image.VmaShmem:
+			fd, err := r.shmemFd(rt, v.ShmemID)
+			if err != nil {
+				return fmt.Errorf("mapping %#x-%#x: %w", v.Start, v.End, err)
+			}
+			flags := uint64(unix.MAP_PRIVATE | unix.MAP_FIXED)
+			if v.Shared {
+				flags = unix.MAP_SHARED | unix.MAP_FIXED
+			}
+			if _, err := t.sys("mmap shmem", unix.SYS_MMAP, v.Start, v.End-v.Start, prot, flags, fd, v.Offset); err != nil {
+				return fmt.Errorf("mapping %#x-%#x of shared memory %d: %w", v.Start, v.End, v.ShmemID, err)
 			}
 		default:
 			return fmt.Errorf("%w: mapping kind %q", ErrUnsupported, v.Kind)

@@ -23,21 +23,30 @@ const (
 // pulled by the others with pidfd_getfd, so that fds sharing an open file
 // description share it again.
 func (r *restorer) restoreFds(rt *rtask) error {
-	t := rt.lead()
 	rec := rt.rec
-	base := 3
-	for _, f := range rec.Fds {
-		base = max(base, f.Fd+1)
+	base := rt.base
+	fds := append([]image.Fd(nil), rec.Fds...)
+	sort.Slice(fds, func(i, j int) bool { return fds[i].Fd < fds[j].Fd })
+	for _, f := range fds {
+		if err := r.installFd(rt, f, base); err != nil {
+			return fmt.Errorf("fd %d (%s %s): %w", f.Fd, f.Kind, f.Path, err)
+		}
 	}
-	// Park the stub's own fds (its stdio, from the runtime) above every
-	// restored number; close whatever else it had.
+	return nil
+}
+
+// cleanStubFds parks the stub's own fds 0-2 (its stdio, from the runtime)
+// above every restored number, for external fds, and closes whatever else it
+// had. It runs before anything else creates fds in the task.
+func (r *restorer) cleanStubFds(rt *rtask) error {
+	t := rt.lead()
 	cur, err := listFds(rt.hostPid)
 	if err != nil {
 		return err
 	}
 	for _, fd := range cur {
 		if fd <= 2 {
-			nfd, err := t.sys("park stdio", unix.SYS_FCNTL, uint64(fd), fDupfdCloexec, uint64(base+3))
+			nfd, err := t.sys("park stdio", unix.SYS_FCNTL, uint64(fd), fDupfdCloexec, uint64(rt.base))
 			if err != nil {
 				return err
 			}
@@ -48,14 +57,28 @@ func (r *restorer) restoreFds(rt *rtask) error {
 			return err
 		}
 	}
-	fds := append([]image.Fd(nil), rec.Fds...)
-	sort.Slice(fds, func(i, j int) bool { return fds[i].Fd < fds[j].Fd })
-	for _, f := range fds {
-		if err := r.installFd(rt, f, base); err != nil {
-			return fmt.Errorf("fd %d (%s %s): %w", f.Fd, f.Kind, f.Path, err)
-		}
-	}
 	return nil
+}
+
+// pullStdio gets RestoreOptions.Stdio[i] into rt from the stdio helper.
+func (r *restorer) pullStdio(rt *rtask, i int) (uint64, error) {
+	if r.stdio == nil {
+		h, err := startStdioHelper(r.opts.Pid, r.opts.Stdio)
+		if err != nil {
+			return 0, err
+		}
+		r.stdio = h
+	}
+	t := rt.lead()
+	pfd, err := t.sys("pidfd_open stdio helper", unix.SYS_PIDFD_OPEN, uint64(r.stdio.nspid), 0)
+	if err != nil {
+		return 0, err
+	}
+	nfd, err := t.sys("pidfd_getfd stdio", unix.SYS_PIDFD_GETFD, pfd, uint64(i), 0)
+	if _, cerr := t.sys("close", unix.SYS_CLOSE, pfd); cerr != nil && err == nil {
+		err = cerr
+	}
+	return nfd, err
 }
 
 // park moves a freshly created fd above the restored numbers, unless it
@@ -128,9 +151,22 @@ func (r *restorer) installFd(rt *rtask, f image.Fd, base int) error {
 				return err
 			}
 			fresh = true
+		case image.FdMemfd:
+			if src, err = r.shmemFd(rt, f.Shmem); err != nil {
+				return err
+			}
+			if f.Pos != 0 {
+				if _, err := t.sys("lseek", unix.SYS_LSEEK, src, uint64(f.Pos), unix.SEEK_SET); err != nil {
+					return err
+				}
+			}
 		case image.FdExternal:
 			if r.opts.Stdio[f.Stdio] != nil {
-				return fmt.Errorf("%w: reconnecting external stdio to RestoreOptions.Stdio; start the stub with that stdio instead", ErrUnsupported)
+				if src, err = r.pullStdio(rt, f.Stdio); err != nil {
+					return err
+				}
+				fresh = true
+				break
 			}
 			if rt.stdio[f.Stdio] < 0 {
 				return fmt.Errorf("the stub has no fd %d to reconnect external stdio to", f.Stdio)
@@ -164,6 +200,12 @@ func (r *restorer) installFd(rt *rtask, f image.Fd, base int) error {
 	}
 	if _, ok := r.files[f.File]; !ok && f.Kind != image.FdExternal {
 		r.files[f.File] = holder{rt, f.Fd}
+	}
+	if f.Kind == image.FdExternal {
+		// The saved status flags (O_NONBLOCK, O_APPEND) of the stdio description.
+		if _, err := t.sys("fcntl(F_SETFL)", unix.SYS_FCNTL, uint64(f.Fd), unix.F_SETFL, uint64(f.Flags)&^unix.O_ACCMODE); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -93,6 +93,14 @@ type Inventory struct {
 	Tasks []int `json:"tasks"`
 	// Pipes are the pipes (and FIFOs) that fds of the tree refer to.
 	Pipes []Pipe `json:"pipes,omitempty"`
+	// Shmems are the shared memory objects (shared anonymous memory, memfd)
+	// that mappings and fds of the tree refer to.
+	Shmems []Shmem `json:"shmems,omitempty"`
+	// Monotonic and Boottime are CLOCK_MONOTONIC and CLOCK_BOOTTIME (in ns) as
+	// the tree saw them when it was stopped: a restore into a time namespace
+	// whose offsets make them continue from there hides the downtime.
+	Monotonic int64 `json:"monotonic_ns,omitempty"`
+	Boottime  int64 `json:"boottime_ns,omitempty"`
 	// XStateSize is the size of the NT_X86_XSTATE regset on the dumping CPU.
 	XStateSize int `json:"xstate_size"`
 }
@@ -106,6 +114,27 @@ type Pipe struct {
 	Data []byte `json:"data,omitempty"`
 	// Fifo is the path of the FIFO (relative to the task root) or empty for a pipe.
 	Fifo string `json:"fifo,omitempty"`
+}
+
+// ShmemPagesFile is the name of the page data file of a shared memory object.
+func ShmemPagesFile(id uint64) string {
+	return pagesPrefix + "shmem-" + strconv.FormatUint(id, 10) + ".img"
+}
+
+// Shmem is a shared memory object: the contents of a memfd or of shared
+// anonymous memory (which is restored as a memfd).
+type Shmem struct {
+	ID   uint64 `json:"id"` // its inode at dump time
+	Size uint64 `json:"size"`
+	// Memfd says it was a memfd, named Name; else it was shared anonymous memory.
+	Memfd bool   `json:"memfd,omitempty"`
+	Name  string `json:"name,omitempty"`
+	// Seals are the memfd seals (F_GET_SEALS).
+	Seals int `json:"seals,omitempty"`
+	// PagesFile holds the data; Runs give object offsets (Addr) and file offsets (Off).
+	PagesFile string    `json:"pages_file,omitempty"`
+	PagesSize uint64    `json:"pages_size,omitempty"`
+	Runs      []PageRun `json:"runs,omitempty"`
 }
 
 // Task is one process.
@@ -281,7 +310,8 @@ type Vma struct {
 	Offset uint64 `json:"offset,omitempty"`
 	// FileWrite says the file must be opened for writing (a shared writable mapping).
 	FileWrite bool `json:"file_write,omitempty"`
-	// ShmemID identifies a shared anonymous object among tasks (its inode).
+	// ShmemID is the Inventory.Shmems object of a VmaShmem mapping (Offset is
+	// the offset in it).
 	ShmemID uint64    `json:"shmem_id,omitempty"`
 	Pages   []PageRun `json:"pages,omitempty"`
 }
@@ -303,6 +333,7 @@ const (
 	FdEpoll    = "epoll"    // an epoll instance with its registered targets
 	FdSignalfd = "signalfd" // a signalfd with its mask
 	FdTimerfd  = "timerfd"  // a timerfd with its clock, remaining time and ticks
+	FdMemfd    = "memfd"    // a memfd, the Inventory.Shmems object Shmem
 )
 
 // EpollTarget is one fd registered in an epoll instance (the fd number in
@@ -337,6 +368,8 @@ type Fd struct {
 	File uint64 `json:"file"`
 	// Pipe is the Inventory.Pipes ID of a pipe end.
 	Pipe uint64 `json:"pipe,omitempty"`
+	// Shmem is the Inventory.Shmems ID of a memfd.
+	Shmem uint64 `json:"shmem,omitempty"`
 	// Stdio is the index (0, 1, 2) of the restore stdio an external fd is reconnected to.
 	Stdio int `json:"stdio,omitempty"`
 	// EventfdCount and EventfdSemaphore describe an eventfd.

@@ -43,6 +43,21 @@ func (inv *Inventory) Validate() error {
 			return bad("pipe %d: %d bytes buffered in a pipe of size %d", p.ID, len(p.Data), p.Size)
 		}
 	}
+	shm := map[uint64]bool{}
+	for _, o := range inv.Shmems {
+		if shm[o.ID] || o.Size > 1<<40 || o.Size%PageSize != 0 && o.Memfd == false {
+			return bad("shmem %d repeated or of size %d", o.ID, o.Size)
+		}
+		shm[o.ID] = true
+		var next uint64
+		for _, r := range o.Runs {
+			if r.Len == 0 || r.Addr < next || r.Addr+r.Len < r.Addr || r.Addr+r.Len > o.Size+PageSize ||
+				r.Off+r.Len < r.Off || r.Off+r.Len > o.PagesSize {
+				return bad("shmem %d: run %#x+%#x at %#x", o.ID, r.Addr, r.Len, r.Off)
+			}
+			next = r.Addr + r.Len
+		}
+	}
 	if inv.XStateSize < 0 || inv.XStateSize > 1<<20 {
 		return bad("xstate size %d", inv.XStateSize)
 	}
@@ -103,7 +118,7 @@ func (t *Task) Validate() error {
 			if f.Path == "" || f.Path[0] != '/' {
 				return bad("task %d fd %d: path %q is not absolute", t.Pid, f.Fd, f.Path)
 			}
-		case FdPipe, FdEventfd, FdSignalfd:
+		case FdPipe, FdEventfd, FdSignalfd, FdMemfd:
 		case FdTimerfd:
 			if f.Timerfd == nil {
 				return bad("task %d fd %d: timerfd without state", t.Pid, f.Fd)
@@ -163,7 +178,11 @@ func (mm *Mm) Validate() error {
 			return bad("vma %#x: prot %#x", v.Start, v.Prot)
 		}
 		switch v.Kind {
-		case VmaAnon, VmaShmem, VmaVdso, VmaVvar, VmaVvarVclock, VmaVsyscall:
+		case VmaAnon, VmaVdso, VmaVvar, VmaVvarVclock, VmaVsyscall:
+		case VmaShmem:
+			if v.ShmemID == 0 || v.Offset%PageSize != 0 {
+				return bad("vma %#x: shared memory object %d at %#x", v.Start, v.ShmemID, v.Offset)
+			}
 		case VmaFile:
 			if v.Path == "" || v.Path[0] != '/' || v.Offset%PageSize != 0 {
 				return bad("vma %#x: file %q offset %#x", v.Start, v.Path, v.Offset)

@@ -51,6 +51,39 @@
 // and finally unmap the gadget, load the saved registers and xstate and
 // detach. A failed restore kills every task it created.
 //
+// # What is saved
+//
+// Processes, threads (clone3 with the saved TID), zombies; PIDs, sessions,
+// process groups, the controlling terminal and its foreground group; memory:
+// private anonymous (only present pages, PAGEMAP_SCAN), private file
+// mappings (their copied-on-write pages), MAP_SHARED files, shared anonymous
+// memory and memfd (restored as memfd, with seals), madvise settings, brk,
+// auxv, mm_struct boundaries, exe link; registers and xstate; signal
+// handlers, masks, pending and queued signals (rt_sigqueueinfo from inside
+// the task, with their siginfo), sigaltstack, itimers, POSIX timers (with
+// their IDs), rseq, robust lists, clear-child-tid, personality, rlimits,
+// umask, cwd, credentials, capabilities (bounding, ambient), securebits,
+// no_new_privs, seccomp filters, child-subreaper, dumpable, parent-death
+// signal; fds: regular files and directories (path, offset, flags),
+// /dev/null and friends, pipes and FIFOs with their bytes, unix socketpairs
+// with their queues and shutdown state, eventfd, epoll (targets), signalfd,
+// timerfd, inotify (watches; queued events are lost), memfd; open file
+// descriptions shared between fds and processes stay shared; the tree's
+// external stdio is reconnected to RestoreOptions.Stdio. The clocks are
+// recorded so that a time namespace (RestoreTimeOffsets) hides the downtime.
+//
+// Refused at dump (ErrUnsupported, naming pid, fd or mapping): other
+// sockets, file locks, deleted files, System V IPC memory, hugetlb, locked,
+// device and userfaultfd mappings, stopped or foreign-traced tasks, tasks in
+// other namespaces or with another root than the root task, strict seccomp.
+//
+// # Processes the engine must not be mixed with
+//
+// The engine waits for its tracees with wait4(tid, __WALL). A thread of the
+// same process that reaps with wait4(-1) while a dump or restore runs (a
+// subreaper's reaper loop) steals those notifications: run the engine in a
+// process without one (as runc's shims run runc), or pause it meanwhile.
+//
 // All ptrace requests come from one locked OS thread (runtime.LockOSThread),
 // because the kernel only accepts requests from the thread that attached.
 //

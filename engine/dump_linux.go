@@ -138,6 +138,12 @@ func (d *dumper) run(ctx context.Context) error {
 	if err := d.files.dumpPipes(&d.inv); err != nil {
 		return err
 	}
+	if err := d.dumpFdObjects(); err != nil {
+		return err
+	}
+	if err := d.files.unix.finish(&d.inv); err != nil {
+		return err
+	}
 	d.shmems.inventory(&d.inv)
 	d.result.PageBytes += d.shmems.bytes
 	d.result.PageFiles = append(d.result.PageFiles, d.shmems.files...)
@@ -326,6 +332,9 @@ func (d *dumper) waitSeized(t *dtask, th *tracee) error {
 func (d *dumper) finish(ok bool) error {
 	kill := ok && !d.opts.LeaveRunning
 	var errs []error
+	if err := d.files.releaseSockets(kill); err != nil {
+		errs = append(errs, err)
+	}
 	// Undo what injection changed: the scratch mapping, registers, signal mask,
 	// and queue back the signals intercepted while seizing.
 	for _, t := range d.tasks {
@@ -378,9 +387,15 @@ func (d *dumper) finish(ok bool) error {
 		for _, t := range d.tasks {
 			_ = unix.Kill(t.pid, unix.SIGKILL)
 		}
-		for _, t := range d.tasks {
-			for _, th := range t.threads {
-				_, _ = ptrace.Wait(th.tid)
+		// Children first, leaders last: a dying PID-namespace init waits for
+		// the other tasks of its namespace, which wait for their tracer.
+		for i := len(d.tasks) - 1; i >= 0; i-- {
+			t := d.tasks[i]
+			for j := len(t.threads) - 1; j >= 0; j-- {
+				if j == 0 && t.stat.PPid == os.Getpid() {
+					continue // our own child: its owner reaps it
+				}
+				waitGone(t.threads[j].tid)
 			}
 		}
 	} else {
@@ -407,6 +422,21 @@ func (d *dumper) finish(ok bool) error {
 	}
 	d.files.close()
 	return errors.Join(errs...)
+}
+
+// waitGone collects the ptrace notifications of a killed tracee until it is
+// gone, which hands it to its real parent. It must not be called for a
+// thread-group leader whose real parent is this process: that wait would
+// reap it under the feet of whoever owns it.
+func waitGone(tid int) {
+	for {
+		ws, err := ptrace.Wait(tid)
+		if err != nil || ws.Exited() || ws.Signaled() {
+			return
+		}
+		// A stop reported before the SIGKILL took effect: let it die.
+		_ = ptrace.Cont(tid, 0)
+	}
 }
 
 // queueSignal queues a raw siginfo to the thread (or its process, shared) by
@@ -503,9 +533,7 @@ func (d *dumper) dumpTask(ctx context.Context, t *dtask) error {
 	if err := d.checkNamespaces(t); err != nil {
 		return err
 	}
-	if timers, err := os.ReadFile(fmt.Sprintf("/proc/%d/timers", t.pid)); err == nil && len(strings.TrimSpace(string(timers))) > 0 {
-		return fmt.Errorf("%w: POSIX timers (timer_create) are not supported yet", ErrUnsupported)
-	}
+
 	cwd, err := readlinkProc(t.pid, "cwd")
 	if err != nil {
 		return err
@@ -553,6 +581,19 @@ func (d *dumper) dumpTask(ctx context.Context, t *dtask) error {
 		return err
 	}
 	rec.Creds.Securebits = uint32(bits)
+	dumpable, err := lead.sys("prctl(PR_GET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_GET_DUMPABLE)
+	if err != nil {
+		return err
+	}
+	rec.Dumpable = int(dumpable)
+	if _, err := lead.sys("prctl(PR_GET_CHILD_SUBREAPER)", unix.SYS_PRCTL, unix.PR_GET_CHILD_SUBREAPER, t.scratch); err != nil {
+		return err
+	}
+	sub := make([]byte, 4)
+	if err := lead.readMem(t.scratch, sub); err != nil {
+		return err
+	}
+	rec.ChildSubreaper = binary.LittleEndian.Uint32(sub) != 0
 	// Resource limits are asked inside the task: prlimit on another process
 	// with other credentials needs CAP_SYS_RESOURCE, which we may not have.
 	lim := make([]byte, 16)
@@ -579,6 +620,9 @@ func (d *dumper) dumpTask(ctx context.Context, t *dtask) error {
 	if err := d.dumpItimers(t); err != nil {
 		return err
 	}
+	if err := d.dumpPosixTimers(t); err != nil {
+		return err
+	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -591,6 +635,20 @@ func (d *dumper) dumpTask(ctx context.Context, t *dtask) error {
 	for _, f := range rec.Fds {
 		if f.Path != "" {
 			t.info.Files = append(t.info.Files, f.Path)
+		}
+	}
+	// A session leader with a controlling terminal: it gets it back at
+	// restore through the fd that refers to it.
+	if t.stat.TtyNr != 0 && rec.Sid == rec.Pid {
+		for _, f := range rec.Fds {
+			rec.Ctty = rec.Ctty || f.Tty
+		}
+		if !rec.Ctty {
+			maj, min := procfs.TtyDev(t.stat.TtyNr)
+			return fmt.Errorf("%w: its controlling terminal %d:%d is not one of its open external fds", ErrUnsupported, maj, min)
+		}
+		if fg := d.byPid[t.stat.Tpgid]; fg != nil {
+			rec.Tpgid = fg.nspid
 		}
 	}
 	return nil
@@ -696,6 +754,50 @@ func (d *dumper) dumpItimers(t *dtask) error {
 	return nil
 }
 
+// dumpPosixTimers records the timers listed in /proc/PID/timers, with the
+// time left asked inside the task (timer_gettime).
+func (d *dumper) dumpPosixTimers(t *dtask) error {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/timers", t.pid))
+	if err != nil {
+		return err
+	}
+	timers, err := procfs.ParseTimers(data)
+	if err != nil {
+		return err
+	}
+	lead := t.threads[0]
+	buf := make([]byte, 32)
+	le := binary.LittleEndian
+	for _, pt := range timers {
+		rt := image.PosixTimer{ID: pt.ID, Clock: pt.Clock, Signo: pt.Signo, Value: pt.Value}
+		switch pt.Notify {
+		case "signal":
+			rt.Notify = 0
+		case "none":
+			rt.Notify = 1
+		case "thread":
+			rt.Notify = 4 // SIGEV_THREAD_ID
+			st, err := procfs.ReadStatus(pt.Pid)
+			if err != nil || st.Tgid != t.pid {
+				return fmt.Errorf("%w: POSIX timer %d signals thread %d of another process", ErrUnsupported, pt.ID, pt.Pid)
+			}
+			rt.Tid = st.NSpid[len(st.NSpid)-1]
+		default:
+			return fmt.Errorf("%w: POSIX timer %d with notification %q", ErrUnsupported, pt.ID, pt.Notify)
+		}
+		if _, err := lead.sys("timer_gettime", unix.SYS_TIMER_GETTIME, uint64(pt.ID), t.scratch); err != nil {
+			return err
+		}
+		if err := lead.readMem(t.scratch, buf); err != nil {
+			return err
+		}
+		rt.IntervalNs = int64(le.Uint64(buf))*1e9 + int64(le.Uint64(buf[8:]))
+		rt.ValueNs = int64(le.Uint64(buf[16:]))*1e9 + int64(le.Uint64(buf[24:]))
+		t.rec.PosixTimers = append(t.rec.PosixTimers, rt)
+	}
+	return nil
+}
+
 func (d *dumper) dumpThread(t *dtask, th *tracee) (*image.Thread, error) {
 	out := &image.Thread{Tid: th.tid, Regs: ptrace.RegsBytes(&th.regs), Sigmask: th.sigmask}
 	st, err := procfs.ReadStatus(th.tid)
@@ -730,6 +832,13 @@ func (d *dumper) dumpThread(t *dtask, th *tracee) (*image.Thread, error) {
 		return nil, err
 	}
 	out.TidAddress = binary.LittleEndian.Uint64(buf)
+	if _, err := th.sys("prctl(PR_GET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_GET_PDEATHSIG, t.scratch); err != nil {
+		return nil, err
+	}
+	if err := th.readMem(t.scratch, buf[:4]); err != nil {
+		return nil, err
+	}
+	out.Pdeathsig = int(binary.LittleEndian.Uint32(buf))
 	if _, err := th.sys("sigaltstack", unix.SYS_SIGALTSTACK, 0, t.scratch); err != nil {
 		return nil, err
 	}
@@ -863,9 +972,19 @@ func (d *dumper) vmaOf(t *dtask, m procfs.Mapping) (*image.Vma, bool, error) {
 	if m.Exec {
 		v.Prot |= image.ProtExec
 	}
-	if m.HasFlag("ht") || m.HasFlag("hg") && m.Path != "" && !strings.HasPrefix(m.Path, "[") {
-		if m.HasFlag("ht") {
-			return nil, false, fmt.Errorf("%w: hugetlb mappings are not supported yet", ErrUnsupported)
+	for flag, what := range map[string]string{
+		"ht": "hugetlb mappings", "ss": "shadow stacks", "pf": "PFN mappings (device memory)", "io": "I/O mappings",
+		"uw": "userfaultfd-registered mappings", "um": "userfaultfd-registered mappings", "ui": "userfaultfd-registered mappings",
+		"lo": "locked (mlock) mappings",
+	} {
+		special := m.Path == "[vdso]" || m.Path == "[vvar]" || m.Path == "[vvar_vclock]" || m.Path == "[vsyscall]"
+		if m.HasFlag(flag) && !special {
+			return nil, false, fmt.Errorf("%w: %s are not supported yet", ErrUnsupported, what)
+		}
+	}
+	for _, a := range []string{image.MadvDontfork, image.MadvWipeonfork, image.MadvDontdump, image.MadvHugepage, image.MadvNohugepage, image.MadvMergeable} {
+		if m.HasFlag(a) {
+			v.Advice = append(v.Advice, a)
 		}
 	}
 	switch {

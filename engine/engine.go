@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"errors"
 	"os"
 )
 
@@ -23,9 +22,11 @@ type DumpOptions struct {
 	// it is killed (runc's default).
 	LeaveRunning bool
 	// TCPEstablished, ExtUnixSockets, ShellJob and FileLocks are runc's
-	// checkpoint options. They are accepted for compatibility; the engine
-	// does not dump sockets or locks yet, and refuses trees that hold them
-	// whatever the options say.
+	// checkpoint options. TCPEstablished allows established TCP connections
+	// (saved with TCP_REPAIR; refused without it). ExtUnixSockets allows unix
+	// sockets connected to a named socket outside the tree (reconnected by
+	// name at restore; refused without it). ShellJob and FileLocks are
+	// accepted for compatibility; locks are refused whatever they say.
 	TCPEstablished, ExtUnixSockets, ShellJob, FileLocks bool
 	// Commit, if set, runs once the image is complete, while every task is
 	// still stopped under ptrace, and before the tree is killed or resumed.
@@ -80,11 +81,3 @@ type RestoreResult struct {
 	// Pids maps the PID of each restored process in its namespace to its host PID.
 	Pids map[int]int
 }
-
-// Errors.
-var (
-	// ErrUnsupported marks what the engine refuses to dump (or restore) yet.
-	ErrUnsupported = errors.New("not supported")
-	// ErrInvalidOptions marks bad options.
-	ErrInvalidOptions = errors.New("invalid options")
-)

@@ -122,7 +122,7 @@ func TestDumpFailureLeavesTaskRunning(t *testing.T) {
 	if !errors.Is(err, ErrUnsupported) {
 		t.Fatalf("got %v, want ErrUnsupported", err)
 	}
-	for _, want := range []string{"pid 1: fd 5: socket:[", "(unix stream): sockets are not supported yet"} {
+	for _, want := range []string{"pid 1: fd 5: socket:[", "(netlink raw): netlink sockets are not supported"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Fatalf("error %q does not say %q", err, want)
 		}

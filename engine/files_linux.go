@@ -40,14 +40,18 @@ type fileTable struct {
 	rootPid   int
 	pipeRefs  map[uint64]openRef
 	pipeOrder []uint64
+	socks     *sockTable // fd_socket_linux.go
+	ghosts    []ghostRef // fd_event_linux.go
+	fifoPaths map[uint64]string
 	shmems    *shmemTable
+	unix      *unixTable
 }
 
 func newFileTable() *fileTable {
-	return &fileTable{byInode: map[[2]uint64][]openRef{}, pipeRefs: map[uint64]openRef{}}
+	return &fileTable{byInode: map[[2]uint64][]openRef{}, pipeRefs: map[uint64]openRef{}, fifoPaths: map[uint64]string{}, unix: newUnixTable()}
 }
 
-func (ft *fileTable) close() {}
+func (ft *fileTable) close() { ft.closeSockets() }
 
 // identify returns the description id of (pid, fd) with the given inode.
 func (ft *fileTable) identify(pid, fd int, st *unix.Stat_t) (uint64, error) {
@@ -170,7 +174,12 @@ func (ft *fileTable) dumpFd(t *dtask, fd int) (*image.Fd, error) {
 		if isExternal() {
 			return out, nil
 		}
-		return nil, fmt.Errorf("%s%s: sockets are %w yet", target, socketKind(t.pid, fd), ErrUnsupported)
+		return ft.dumpSocket(t, fd, out, &st)
+	case target == "anon_inode:inotify":
+		if err := dumpInotify(t, out, fi); err != nil {
+			return nil, fmt.Errorf("%s: %w", target, err)
+		}
+		return out, nil
 	case strings.HasPrefix(target, "anon_inode:"):
 		if err := dumpAnon(out, target, fi); err != nil {
 			return nil, err
@@ -189,7 +198,7 @@ func (ft *fileTable) dumpFd(t *dtask, fd int) (*image.Fd, error) {
 		out.Kind, out.Shmem = image.FdMemfd, st.Ino
 		return out, nil
 	case strings.HasSuffix(target, " (deleted)"):
-		return nil, fmt.Errorf("%s: open deleted files are %w yet", target, ErrUnsupported)
+		return ft.dumpDeleted(t, fd, out, target, &st) // fd_event_linux.go
 	}
 	path, err := inRoot(t.root, target)
 	if err != nil {
@@ -206,6 +215,10 @@ func (ft *fileTable) dumpFd(t *dtask, fd int) (*image.Fd, error) {
 			return out, nil
 		}
 		if isExternal() {
+			if t.stat.TtyNr != 0 {
+				maj, min := procfs.TtyDev(t.stat.TtyNr)
+				out.Tty = unix.Major(st.Rdev) == maj && unix.Minor(st.Rdev) == min
+			}
 			return out, nil
 		}
 		return nil, fmt.Errorf("%s: character device %d:%d is %w yet", target, unix.Major(st.Rdev), unix.Minor(st.Rdev), ErrUnsupported)
@@ -213,7 +226,14 @@ func (ft *fileTable) dumpFd(t *dtask, fd int) (*image.Fd, error) {
 		if isExternal() {
 			return out, nil
 		}
-		return nil, fmt.Errorf("%s: FIFOs are %w yet", target, ErrUnsupported)
+		// A FIFO: reopened by path at restore; its bytes are dumped like a pipe's.
+		out.Kind, out.Pipe, out.Pos = image.FdFifo, st.Ino, 0
+		if _, ok := ft.pipeRefs[st.Ino]; !ok {
+			ft.pipeRefs[st.Ino] = openRef{pid: t.pid, fd: fd}
+			ft.pipeOrder = append(ft.pipeOrder, st.Ino)
+			ft.fifoPaths[st.Ino] = path
+		}
+		return out, nil
 	}
 	return nil, fmt.Errorf("%s: file type %#o is %w yet", target, mode, ErrUnsupported)
 }
@@ -228,7 +248,7 @@ func (ft *fileTable) dumpPipes(inv *image.Inventory) error {
 		if err != nil {
 			return fmt.Errorf("pipe:[%d] (pid %d fd %d): %w", ino, ref.pid, ref.fd, err)
 		}
-		p.ID = ino
+		p.ID, p.Fifo = ino, ft.fifoPaths[ino]
 		inv.Pipes = append(inv.Pipes, *p)
 	}
 	return nil

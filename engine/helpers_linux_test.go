@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cryo-run/cryo/integration/testutil"
 )
 
 // buildC compiles testdata/<name>.c statically at -O0 and returns the binary.
@@ -87,6 +89,72 @@ func (f *cgroupFreezer) set(v string) error {
 
 func (f *cgroupFreezer) Freeze() error { return f.set("1") }
 func (f *cgroupFreezer) Thaw() error   { return f.set("0") }
+
+// v1Freezer is the engine tests' Freezer on the cgroup v1 freezer
+// controller (hybrid hosts): tasks frozen by it report ptrace stops only
+// once thawed, which the engine's freeze/seize/thaw/wait order handles.
+type v1Freezer struct {
+	dir string
+}
+
+func newV1Freezer(t testing.TB) *v1Freezer {
+	t.Helper()
+	root := "/sys/fs/cgroup/freezer"
+	if _, err := os.Stat(filepath.Join(root, "tasks")); err != nil {
+		testutil.SkipOrFail(t, "no cgroup v1 freezer on this host (pure cgroup v2)")
+	}
+	name := strings.NewReplacer("/", "-", " ", "-").Replace(fmt.Sprintf("engine-%s-%d", t.Name(), os.Getpid()))
+	dir := filepath.Join(root, name)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatalf("create test cgroup: %v", err)
+	}
+	f := &v1Freezer{dir: dir}
+	t.Cleanup(func() {
+		_ = f.Thaw()
+		data, _ := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+		for _, p := range strings.Fields(string(data)) {
+			if n, err := strconv.Atoi(p); err == nil {
+				_ = unix.Kill(n, unix.SIGKILL)
+			}
+		}
+		for i := 0; i < 200; i++ {
+			if err := os.Remove(dir); err == nil || errors.Is(err, os.ErrNotExist) {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Errorf("remove cgroup %s", dir)
+	})
+	return f
+}
+
+func (f *v1Freezer) set(v string) error {
+	if err := os.WriteFile(filepath.Join(f.dir, "freezer.state"), []byte(v), 0); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		data, err := os.ReadFile(filepath.Join(f.dir, "freezer.state"))
+		if err != nil {
+			return err
+		}
+		if strings.TrimSpace(string(data)) == v {
+			return nil
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+	return fmt.Errorf("cgroup %s: not %s after 5s", f.dir, v)
+}
+
+func (f *v1Freezer) Freeze() error { return f.set("FROZEN") }
+func (f *v1Freezer) Thaw() error   { return f.set("THAWED") }
+
+// wrap returns argv run through a shell that first joins the cgroup (the
+// shell is PID 1 of its namespace, so "0" names itself) and then execs argv.
+func (f *v1Freezer) wrap(argv ...string) []string {
+	script := fmt.Sprintf("echo 0 > %s/cgroup.procs && exec \"$@\"", f.dir)
+	return append([]string{"/bin/sh", "-c", script, "sh"}, argv...)
+}
 
 // fd opens the cgroup directory for SysProcAttr.CgroupFD.
 func (f *cgroupFreezer) fd(t testing.TB) int {

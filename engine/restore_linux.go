@@ -64,10 +64,14 @@ type restorer struct {
 	pipeEnds map[pipeEnd]holder
 	pipes    map[uint64]*image.Pipe
 	epolls   []epollReg
+	socks    *sockRestore // fd_socket_restore_linux.go
 	// shmems are the shared memory objects; shmemHolders say which task
 	// holds an fd of each one created so far.
 	shmems       map[uint64]*image.Shmem
 	shmemHolders map[uint64]holder
+	// unixSocks are the unix sockets; sockEnds say which task holds each end.
+	unixSocks map[uint64]*image.UnixSocket
+	sockEnds  map[uint64]holder
 	// stdio is the helper holding RestoreOptions.Stdio, started when needed.
 	stdio *stdioHelper
 }
@@ -88,6 +92,10 @@ func Restore(ctx context.Context, opts RestoreOptions) (*RestoreResult, error) {
 	}
 	r := &restorer{opts: opts, inv: inv, byPid: map[int]*rtask{}, files: map[uint64]holder{}, pipeEnds: map[pipeEnd]holder{}, pipes: map[uint64]*image.Pipe{},
 		shmems: map[uint64]*image.Shmem{}, shmemHolders: map[uint64]holder{}}
+	r.unixSocks, r.sockEnds = map[uint64]*image.UnixSocket{}, map[uint64]holder{}
+	for i := range inv.UnixSockets {
+		r.unixSocks[inv.UnixSockets[i].ID] = &inv.UnixSockets[i]
+	}
 	for i := range inv.Shmems {
 		r.shmems[inv.Shmems[i].ID] = &inv.Shmems[i]
 	}
@@ -135,20 +143,24 @@ func Restore(ctx context.Context, opts RestoreOptions) (*RestoreResult, error) {
 // killAll kills every task of a failed restore (the stub included: a half
 // rebuilt init is of no use) and releases them.
 func (r *restorer) killAll() {
+	r.dropSockets()
+	ours := map[int]bool{}
 	for _, rt := range r.tasks {
 		if rt.hostPid > 0 {
+			if st, err := procfs.ReadStat(rt.hostPid); err == nil && st.PPid == os.Getpid() {
+				ours[rt.hostPid] = true
+			}
 			_ = unix.Kill(rt.hostPid, unix.SIGKILL)
 		}
 	}
-	for _, rt := range r.tasks {
-		for _, th := range rt.threads {
-			th.close()
-			// Collect the ptrace exit notification so the real parent can reap.
-			for {
-				ws, err := ptrace.Wait(th.tid)
-				if err != nil || ws.Exited() || ws.Signaled() {
-					break
-				}
+	// Collect the ptrace exit notifications so that the real parents can
+	// reap: children first (a dying PID-namespace init waits for the others).
+	for i := len(r.tasks) - 1; i >= 0; i-- {
+		rt := r.tasks[i]
+		for j := len(rt.threads) - 1; j >= 0; j-- {
+			rt.threads[j].close()
+			if !ours[rt.threads[j].tid] {
+				waitGone(rt.threads[j].tid)
 			}
 		}
 	}
@@ -189,6 +201,9 @@ func (r *restorer) run(ctx context.Context) error {
 			return fmt.Errorf("pid %d: memory: %w", rt.rec.Pid, err)
 		}
 	}
+	if err := r.prepareSockets(); err != nil {
+		return err
+	}
 	for _, rt := range r.tasks {
 		if rt.rec.Zombie {
 			continue
@@ -196,6 +211,9 @@ func (r *restorer) run(ctx context.Context) error {
 		if err := r.restoreFds(rt); err != nil {
 			return fmt.Errorf("pid %d: files: %w", rt.rec.Pid, err)
 		}
+	}
+	if err := r.finishSockets(); err != nil {
+		return err
 	}
 	if err := r.registerEpolls(); err != nil {
 		return err
@@ -676,10 +694,27 @@ func (r *restorer) restoreMm(rt *rtask) error {
 			return fmt.Errorf("%w: mapping kind %q", ErrUnsupported, v.Kind)
 		}
 	}
+	for _, v := range mm.Vmas {
+		for _, a := range v.Advice {
+			adv, ok := madvice[a]
+			if !ok {
+				continue
+			}
+			if _, err := t.sys("madvise "+a, unix.SYS_MADVISE, v.Start, v.End-v.Start, adv); err != nil {
+				return fmt.Errorf("mapping %#x-%#x: %w", v.Start, v.End, err)
+			}
+		}
+	}
 	if err := r.writePages(rt); err != nil {
 		return err
 	}
 	return r.setMmFields(rt, opened)
+}
+
+var madvice = map[string]uint64{
+	image.MadvDontfork: unix.MADV_DONTFORK, image.MadvWipeonfork: unix.MADV_WIPEONFORK,
+	image.MadvDontdump: unix.MADV_DONTDUMP, image.MadvHugepage: unix.MADV_HUGEPAGE,
+	image.MadvNohugepage: unix.MADV_NOHUGEPAGE, image.MadvMergeable: unix.MADV_MERGEABLE,
 }
 
 // moveSpecial moves [vvar], [vvar_vclock] and [vdso] to their saved place,

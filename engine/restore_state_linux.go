@@ -146,6 +146,33 @@ func (r *restorer) installFd(rt *rtask, f image.Fd, base int) error {
 			if src, fresh, err = r.pipeEnd(rt, f, base); err != nil {
 				return err
 			}
+		case image.FdSocket:
+			if src, fresh, err = r.socketFd(rt, f, base); err != nil {
+				return err
+			}
+		case image.FdDeleted:
+			if src, err = r.deletedFd(rt, f, base); err != nil {
+				return err
+			}
+			fresh = true
+		case image.FdUnix:
+			if src, fresh, err = r.unixEnd(rt, f); err != nil {
+				return err
+			}
+		case image.FdFifo:
+			if err := r.fifoKeeper(rt, f); err != nil {
+				return err
+			}
+			flags := uint64(f.Flags) &^ (unix.O_CREAT | unix.O_EXCL | unix.O_TRUNC | unix.O_NOCTTY)
+			if src, err = r.openIn(t, f.Path, flags|unix.O_CLOEXEC); err != nil {
+				return err
+			}
+			fresh = true
+		case image.FdInotify:
+			if src, err = r.createInotify(rt, f); err != nil {
+				return err
+			}
+			fresh = true
 		case image.FdEventfd, image.FdEpoll, image.FdSignalfd, image.FdTimerfd:
 			if src, err = r.createAnon(rt, f); err != nil {
 				return err
@@ -200,6 +227,13 @@ func (r *restorer) installFd(rt *rtask, f image.Fd, base int) error {
 	}
 	if _, ok := r.files[f.File]; !ok && f.Kind != image.FdExternal {
 		r.files[f.File] = holder{rt, f.Fd}
+		// Status flags (O_NONBLOCK...) of a description made by pipe2 or
+		// socketpair, set once, when the description is first installed.
+		if st := uint64(f.Flags) &^ unix.O_ACCMODE; st != 0 && (f.Kind == image.FdPipe || f.Kind == image.FdUnix) {
+			if _, err := t.sys("fcntl(F_SETFL)", unix.SYS_FCNTL, uint64(f.Fd), unix.F_SETFL, st); err != nil {
+				return err
+			}
+		}
 	}
 	if f.Kind == image.FdExternal {
 		// The saved status flags (O_NONBLOCK, O_APPEND) of the stdio description.
@@ -303,6 +337,57 @@ func (r *restorer) registerEpolls() error {
 	return nil
 }
 
+// fifoKeeper makes sure the FIFO of f is held open read-write by some task
+// until the end of the restore (a temporary fd), so that reopening it in
+// either direction does not block, and refills it with its saved bytes.
+func (r *restorer) fifoKeeper(rt *rtask, f image.Fd) error {
+	key := pipeEnd{f.Pipe, true}
+	if _, ok := r.pipeEnds[key]; ok {
+		return nil
+	}
+	p := r.pipes[f.Pipe]
+	if p == nil {
+		return fmt.Errorf("FIFO %d is not in the inventory", f.Pipe)
+	}
+	t := rt.lead()
+	fd, err := r.openIn(t, f.Path, unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC)
+	if err != nil {
+		return err
+	}
+	if fd, err = r.park(rt, fd, -1, rt.base); err != nil {
+		return err
+	}
+	rt.temps = append(rt.temps, int(fd))
+	r.pipeEnds[key] = holder{rt, int(fd)}
+	return r.fillPipe(rt, int(fd), p)
+}
+
+// fillPipe sets the size of the pipe that fd of rt refers to and writes its
+// saved bytes, from the engine through its own copy of the fd.
+func (r *restorer) fillPipe(rt *rtask, fd int, p *image.Pipe) error {
+	pidfd, err := unix.PidfdOpen(rt.hostPid, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(pidfd)
+	w, err := unix.PidfdGetfd(pidfd, fd, 0)
+	if err != nil {
+		return fmt.Errorf("pidfd_getfd: %w", err)
+	}
+	defer unix.Close(w)
+	if cur, err := unix.FcntlInt(uintptr(w), unix.F_GETPIPE_SZ, 0); err == nil && cur != p.Size && p.Size > 0 {
+		if _, err := unix.FcntlInt(uintptr(w), unix.F_SETPIPE_SZ, p.Size); err != nil {
+			return fmt.Errorf("F_SETPIPE_SZ %d: %w", p.Size, err)
+		}
+	}
+	if len(p.Data) > 0 {
+		if _, err := unix.Write(w, p.Data); err != nil {
+			return fmt.Errorf("refill pipe: %w", err)
+		}
+	}
+	return nil
+}
+
 // pipeEnd returns an fd in rt for the pipe end f: the other end's creator
 // may already hold it; else the pipe is created here with pipe2, its
 // buffered bytes written back, and both ends parked.
@@ -338,36 +423,12 @@ func (r *restorer) pipeEnd(rt *rtask, f image.Fd, base int) (uint64, bool, error
 	r.pipeEnds[pipeEnd{f.Pipe, true}] = holder{rt, int(ends[0])}
 	r.pipeEnds[pipeEnd{f.Pipe, false}] = holder{rt, int(ends[1])}
 	// Size and contents, from the engine through its own copy of the write end.
-	pidfd, err := unix.PidfdOpen(rt.hostPid, 0)
-	if err != nil {
+	if err := r.fillPipe(rt, int(ends[1]), p); err != nil {
 		return 0, false, err
 	}
-	defer unix.Close(pidfd)
-	w, err := unix.PidfdGetfd(pidfd, int(ends[1]), 0)
-	if err != nil {
-		return 0, false, fmt.Errorf("pidfd_getfd: %w", err)
-	}
-	wf := os.NewFile(uintptr(w), "pipe")
-	defer wf.Close()
-	if cur, err := unix.FcntlInt(uintptr(w), unix.F_GETPIPE_SZ, 0); err == nil && cur != p.Size && p.Size > 0 {
-		if _, err := unix.FcntlInt(uintptr(w), unix.F_SETPIPE_SZ, p.Size); err != nil {
-			return 0, false, fmt.Errorf("F_SETPIPE_SZ %d: %w", p.Size, err)
-		}
-	}
-	if len(p.Data) > 0 {
-		if _, err := unix.Write(w, p.Data); err != nil {
-			return 0, false, fmt.Errorf("refill pipe: %w", err)
-		}
-	}
-	// Status flags (O_NONBLOCK...) belong to the open file description.
 	end := ends[1]
 	if read {
 		end = ends[0]
-	}
-	if st := uint64(f.Flags) &^ unix.O_ACCMODE; st != 0 {
-		if _, err := t.sys("fcntl(F_SETFL)", unix.SYS_FCNTL, end, unix.F_SETFL, st); err != nil {
-			return 0, false, err
-		}
 	}
 	return end, false, nil
 }
@@ -380,6 +441,11 @@ func (r *restorer) restoreTaskState(rt *rtask) error {
 	le := binary.LittleEndian
 	if rec.Personality != 0 {
 		if _, err := t.sys("personality", unix.SYS_PERSONALITY, rec.Personality); err != nil {
+			return err
+		}
+	}
+	if rec.ChildSubreaper {
+		if _, err := t.sys("prctl(PR_SET_CHILD_SUBREAPER)", unix.SYS_PRCTL, unix.PR_SET_CHILD_SUBREAPER, 1); err != nil {
 			return err
 		}
 	}
@@ -445,6 +511,9 @@ func (r *restorer) restoreTaskState(rt *rtask) error {
 			return fmt.Errorf("thread %d: %w", rec.Threads[i].Tid, err)
 		}
 	}
+	if err := r.restorePosixTimers(rt); err != nil {
+		return err
+	}
 	for _, s := range rec.SharedSigpending {
 		if err := queueSignal(t, rt.hostPid, s.Raw, true, r.scratch); err != nil {
 			return err
@@ -452,6 +521,11 @@ func (r *restorer) restoreTaskState(rt *rtask) error {
 	}
 	if rec.Creds.NoNewPrivs {
 		if _, err := t.sys("prctl(PR_SET_NO_NEW_PRIVS)", unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+			return err
+		}
+	}
+	if rec.Ctty {
+		if err := r.restoreCtty(rt); err != nil {
 			return err
 		}
 	}
@@ -464,7 +538,94 @@ func (r *restorer) restoreTaskState(rt *rtask) error {
 			return err
 		}
 	}
+	// After the credentials: changing them resets the dumpable flag.
+	if rec.Dumpable == 0 || rec.Dumpable == 1 {
+		if _, err := t.sys("prctl(PR_SET_DUMPABLE)", unix.SYS_PRCTL, unix.PR_SET_DUMPABLE, uint64(rec.Dumpable)); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// restorePosixTimers recreates the POSIX timers with their IDs
+// (PR_TIMER_CREATE_RESTORE_IDS makes timer_create take the ID from its
+// timer_id argument, KERNEL.md) and arms them with the time they had left.
+// Threads exist by now, for SIGEV_THREAD_ID targets.
+func (r *restorer) restorePosixTimers(rt *rtask) error {
+	if len(rt.rec.PosixTimers) == 0 {
+		return nil
+	}
+	const prTimerCreateRestoreIDs = 77
+	t := rt.lead()
+	le := binary.LittleEndian
+	if _, err := t.sys("prctl(PR_TIMER_CREATE_RESTORE_IDS)", unix.SYS_PRCTL, prTimerCreateRestoreIDs, 1, 0, 0, 0); err != nil {
+		return err
+	}
+	for _, pt := range rt.rec.PosixTimers {
+		ev := make([]byte, 64) // struct sigevent
+		le.PutUint64(ev, pt.Value)
+		le.PutUint32(ev[8:], uint32(pt.Signo))
+		le.PutUint32(ev[12:], uint32(pt.Notify))
+		le.PutUint32(ev[16:], uint32(pt.Tid))
+		id := make([]byte, 4)
+		le.PutUint32(id, uint32(pt.ID))
+		if err := t.writeMem(r.scratch, ev); err != nil {
+			return err
+		}
+		if err := t.writeMem(r.scratch+64, id); err != nil {
+			return err
+		}
+		if _, err := t.sys(fmt.Sprintf("timer_create %d", pt.ID), unix.SYS_TIMER_CREATE, uint64(pt.Clock), r.scratch, r.scratch+64); err != nil {
+			return err
+		}
+		if err := t.readMem(r.scratch+64, id); err != nil {
+			return err
+		}
+		if got := int(le.Uint32(id)); got != pt.ID {
+			return fmt.Errorf("timer_create made timer %d, want %d", got, pt.ID)
+		}
+		if pt.ValueNs == 0 {
+			continue
+		}
+		its := make([]byte, 32)
+		for i, v := range []int64{pt.IntervalNs / 1e9, pt.IntervalNs % 1e9, pt.ValueNs / 1e9, pt.ValueNs % 1e9} {
+			le.PutUint64(its[8*i:], uint64(v))
+		}
+		if err := t.writeMem(r.scratch, its); err != nil {
+			return err
+		}
+		if _, err := t.sys("timer_settime", unix.SYS_TIMER_SETTIME, uint64(pt.ID), 0, r.scratch, 0); err != nil {
+			return err
+		}
+	}
+	_, err := t.sys("prctl(PR_TIMER_CREATE_RESTORE_IDS, off)", unix.SYS_PRCTL, prTimerCreateRestoreIDs, 0, 0, 0, 0)
+	return err
+}
+
+// restoreCtty makes the terminal fd the controlling terminal of the session
+// (TIOCSCTTY) and sets its foreground process group (TIOCSPGRP).
+func (r *restorer) restoreCtty(rt *rtask) error {
+	t := rt.lead()
+	for _, f := range rt.rec.Fds {
+		if !f.Tty {
+			continue
+		}
+		if _, err := t.sys("ioctl(TIOCSCTTY)", unix.SYS_IOCTL, uint64(f.Fd), unix.TIOCSCTTY, 1); err != nil {
+			return err
+		}
+		if rt.rec.Tpgid != 0 {
+			buf := make([]byte, 4)
+			binary.LittleEndian.PutUint32(buf, uint32(rt.rec.Tpgid))
+			if err := t.writeMem(r.scratch, buf); err != nil {
+				return err
+			}
+			if _, err := t.sys("ioctl(TIOCSPGRP)", unix.SYS_IOCTL, uint64(f.Fd), unix.TIOCSPGRP, r.scratch); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return errors.New("no terminal fd for the controlling terminal")
 }
 
 // restoreSeccomp installs the filters, oldest first, on every thread (TSYNC).
@@ -509,6 +670,11 @@ func (r *restorer) restoreThread(rt *rtask, t *tracee, th *image.Thread) error {
 	}
 	if _, err := t.sys("set_tid_address", unix.SYS_SET_TID_ADDRESS, th.TidAddress); err != nil {
 		return err
+	}
+	if th.Pdeathsig != 0 {
+		if _, err := t.sys("prctl(PR_SET_PDEATHSIG)", unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uint64(th.Pdeathsig)); err != nil {
+			return err
+		}
 	}
 	if th.Altstack != nil {
 		buf := make([]byte, 24)

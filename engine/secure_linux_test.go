@@ -57,7 +57,7 @@ func TestDumpRestoreCredsSeccompSignals(t *testing.T) {
 	}
 	fz := newCgroupFreezer(t)
 	cmd := startInNewPidns(t, fz, bin, status, work)
-	waitFor(t, "secure to run", func() bool { v, ok := readInts(status, 6); return ok && v[0] > 5 })
+	waitFor(t, "secure to run", func() bool { v, ok := readInts(status, 8); return ok && v[0] > 5 })
 	want := statusFields(t, cmd.Process.Pid)
 	wantLimits := limitsOf(t, cmd.Process.Pid)
 	if want["Seccomp_filters"] != "1" || want["CapEff"] != "0000000000000400" || want["ShdPnd"] == "0000000000000000" {
@@ -68,20 +68,21 @@ func TestDumpRestoreCredsSeccompSignals(t *testing.T) {
 		t.Fatalf("dump: %v", err)
 	}
 	_ = cmd.Wait()
-	before, _ := readInts(status, 6)
+	before, _ := readInts(status, 8)
 	stub := startStub(t)
 	if _, err := Restore(context.Background(), RestoreOptions{ImageDir: img, Pid: stub.Process.Pid}); err != nil {
 		t.Fatalf("restore: %v", err)
 	}
 	var after []int64
 	waitFor(t, "the restored task to count on", func() bool {
-		v, ok := readInts(status, 6)
+		v, ok := readInts(status, 8)
 		after = v
 		return ok && v[0] > before[0]+5
 	})
-	// uid, euid 1000; uname fails with 42 (the filter); umask 027 (printed in octal); cwd ok.
-	if after[1] != 1000 || after[2] != 1000 || after[3] != 42 || after[4] != 27 || after[5] != 1 {
-		t.Errorf("restored status %v, want uid/euid 1000, uname errno 42, umask 27, cwd ok", after)
+	// uid, euid 1000; uname fails with 42 (the filter); umask 027 (printed
+	// in octal); cwd ok; a child subreaper; not dumpable.
+	if after[1] != 1000 || after[2] != 1000 || after[3] != 42 || after[4] != 27 || after[5] != 1 || after[6] != 1 || after[7] != 0 {
+		t.Errorf("restored status %v, want uid/euid 1000, uname errno 42, umask 27, cwd ok, subreaper 1, dumpable 0", after)
 	}
 	got := statusFields(t, stub.Process.Pid)
 	for k, v := range want {

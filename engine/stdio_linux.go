@@ -25,10 +25,12 @@ type stdioHelper struct {
 }
 
 // startStdioHelper runs a copy of the stub in the PID namespace of pid with
-// files as its stdio. The fork happens on a dedicated OS thread that joined
-// that namespace (setns(CLONE_NEWPID) affects the children of the calling
-// thread); the thread is never unlocked, so it exits with its goroutine and
-// no other code ever forks from it.
+// files as its stdio. The fork happens on an OS thread that joined that
+// namespace for its children (setns(CLONE_NEWPID)) and goes back to its own
+// right after. A thread that cannot go back is never unlocked, so it exits
+// with its goroutine -- which is only the fallback: a thread exiting sends
+// the parent-death signal to every process it forked (Pdeathsig), so threads
+// must not be thrown away lightly.
 func startStdioHelper(pid int, files [3]*os.File) (*stdioHelper, error) {
 	type result struct {
 		h   *stdioHelper
@@ -37,7 +39,18 @@ func startStdioHelper(pid int, files [3]*os.File) (*stdioHelper, error) {
 	ch := make(chan result, 1)
 	go func() {
 		runtime.LockOSThread()
+		restored := false
+		defer func() {
+			if restored {
+				runtime.UnlockOSThread()
+			}
+		}()
 		h, err := func() (*stdioHelper, error) {
+			self, err := unix.Open("/proc/thread-self/ns/pid_for_children", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return nil, err
+			}
+			defer unix.Close(self)
 			ns, err := unix.Open(fmt.Sprintf("/proc/%d/ns/pid", pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 			if err != nil {
 				return nil, err
@@ -46,6 +59,7 @@ func startStdioHelper(pid int, files [3]*os.File) (*stdioHelper, error) {
 			if err := unix.Setns(ns, unix.CLONE_NEWPID); err != nil {
 				return nil, fmt.Errorf("setns: %w", err)
 			}
+			defer func() { restored = unix.Setns(self, unix.CLONE_NEWPID) == nil }()
 			mfd, err := unix.MemfdCreate("cryo-stdio", unix.MFD_CLOEXEC)
 			if err != nil {
 				return nil, err

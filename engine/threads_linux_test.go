@@ -13,11 +13,13 @@ import (
 
 // threadsStatus is testdata/threads.c's status line.
 type threadsStatus struct {
-	C      [3]int64
-	Tid    [3]int
-	Alarms int64
-	AltOK  bool
-	TLSOK  bool
+	C       [3]int64
+	Tid     [3]int
+	Alarms  int64
+	AltOK   bool
+	TLSOK   bool
+	Ticks   int64
+	TimerID int64
 }
 
 func readThreads(path string) (threadsStatus, bool) {
@@ -27,10 +29,10 @@ func readThreads(path string) (threadsStatus, bool) {
 		return s, false
 	}
 	f := strings.Fields(string(data))
-	if len(f) != 9 {
+	if len(f) != 11 {
 		return s, false
 	}
-	var v [9]int64
+	var v [11]int64
 	for i := range f {
 		n, err := strconv.ParseInt(f[i], 10, 64)
 		if err != nil {
@@ -41,6 +43,7 @@ func readThreads(path string) (threadsStatus, bool) {
 	s.C = [3]int64{v[0], v[1], v[2]}
 	s.Tid = [3]int{int(v[3]), int(v[4]), int(v[5])}
 	s.Alarms, s.AltOK, s.TLSOK = v[6], v[7] == 1, v[8] == 1
+	s.Ticks, s.TimerID = v[9], v[10]
 	return s, true
 }
 
@@ -75,7 +78,8 @@ func TestDumpRestoreThreads(t *testing.T) {
 	waitFor(t, "every restored thread and the timer to go on", func() bool {
 		s, ok := readThreads(status)
 		after = s
-		return ok && s.C[0] > before.C[0]+10 && s.C[1] > before.C[1]+10 && s.C[2] > before.C[2]+10 && s.Alarms > before.Alarms+2
+		return ok && s.C[0] > before.C[0]+10 && s.C[1] > before.C[1]+10 && s.C[2] > before.C[2]+10 && s.Alarms > before.Alarms+2 &&
+			s.Ticks > before.Ticks+5
 	})
 	for i := 0; i < 3; i++ {
 		if after.C[i] > before.C[i]+10000 {
@@ -84,6 +88,13 @@ func TestDumpRestoreThreads(t *testing.T) {
 	}
 	if after.Tid != before.Tid {
 		t.Errorf("tids %v after restore, want %v", after.Tid, before.Tid)
+	}
+	if after.TimerID != 1 {
+		t.Errorf("POSIX timer id %d, want 1", after.TimerID)
+	}
+	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(stub.Process.Pid), "timers"))
+	if err != nil || !strings.HasPrefix(string(data), "ID: 1\n") || strings.Count("\n"+string(data), "\nID:") != 1 {
+		t.Errorf("/proc/PID/timers after restore: %q (%v), want the one timer with ID 1", data, err)
 	}
 	if !after.AltOK || !after.TLSOK {
 		t.Errorf("sigaltstack ok %v, thread-local storage ok %v", after.AltOK, after.TLSOK)

@@ -2,11 +2,14 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -51,7 +54,20 @@ func TestDumpRestoreTree(t *testing.T) {
 	bin := buildC(t, "tree")
 	dir := t.TempDir()
 	fz := newCgroupFreezer(t)
-	cmd := startInNewPidns(t, fz, bin, dir)
+	testDumpRestoreTree(t, dir, fz, startInNewPidns(t, fz, bin, dir))
+}
+
+// TestDumpRestoreTreeV1Freezer is TestDumpRestoreTree with the tree frozen
+// by the cgroup v1 freezer.
+func TestDumpRestoreTreeV1Freezer(t *testing.T) {
+	testutil.RequiresRoot(t)
+	bin := buildC(t, "tree")
+	dir := t.TempDir()
+	fz := newV1Freezer(t)
+	testDumpRestoreTree(t, dir, fz, startInNewPidns(t, nil, fz.wrap(bin, dir)...))
+}
+
+func testDumpRestoreTree(t *testing.T, dir string, fz Freezer, cmd *exec.Cmd) {
 	before := map[string]treeStatus{}
 	waitFor(t, "every process of the tree to report", func() bool {
 		for _, r := range treeRoles {
@@ -152,4 +168,155 @@ func TestDumpRestoreTree(t *testing.T) {
 		}
 	}
 	_ = unix.Kill(stub.Process.Pid, unix.SIGKILL)
+}
+
+// TestRestoreFailureKillsTree makes a restore fail half way (a file the tree
+// had open is gone) and checks that nothing it created is left alive.
+func TestRestoreFailureKillsTree(t *testing.T) {
+	testutil.RequiresRoot(t)
+	bin := buildC(t, "tree")
+	dir := t.TempDir()
+	cmd := startInNewPidns(t, nil, bin, dir)
+	waitFor(t, "the tree to report", func() bool {
+		for _, r := range treeRoles {
+			if s, ok := readTreeStatus(dir, r); !ok || s.Counter < 5 {
+				return false
+			}
+		}
+		return true
+	})
+	img := filepath.Join(dir, "img")
+	if _, err := Dump(context.Background(), DumpOptions{Pid: cmd.Process.Pid, ImageDir: img}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	_ = cmd.Wait()
+	if err := os.Remove(filepath.Join(dir, "log")); err != nil {
+		t.Fatal(err)
+	}
+	stub := startStub(t)
+	ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", stub.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Restore(context.Background(), RestoreOptions{ImageDir: img, Pid: stub.Process.Pid})
+	if err == nil {
+		t.Fatal("restore succeeded without the log file")
+	}
+	if !strings.Contains(err.Error(), filepath.Join(dir, "log")) || !errors.Is(err, unix.ENOENT) {
+		t.Fatalf("error %q does not name the missing file with ENOENT", err)
+	}
+	_ = stub.Wait()
+	if ws := stub.ProcessState.Sys().(syscall.WaitStatus); !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("stub ended with %v, want SIGKILL", stub.ProcessState)
+	}
+	// Nothing is left in the stub's PID namespace.
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		if _, err := strconv.Atoi(p.Name()); err != nil {
+			continue
+		}
+		if l, err := os.Readlink(filepath.Join("/proc", p.Name(), "ns/pid")); err == nil && l == ns {
+			t.Errorf("pid %s is still alive in the restore's namespace", p.Name())
+		}
+	}
+}
+
+// TestDumpRestoreFifo checks a FIFO between two processes with bytes in it.
+func TestDumpRestoreFifo(t *testing.T) {
+	testutil.RequiresRoot(t)
+	bin := buildC(t, "fifo")
+	dir := t.TempDir()
+	fz := newCgroupFreezer(t)
+	cmd := startInNewPidns(t, fz, bin, dir)
+	waitFor(t, "the writer to count", func() bool { v, ok := readInts(filepath.Join(dir, "child"), 1); return ok && v[0] > 10 })
+	img := filepath.Join(dir, "img")
+	if _, err := Dump(context.Background(), DumpOptions{Pid: cmd.Process.Pid, Freezer: fz, ImageDir: img}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	_ = cmd.Wait()
+	stub := startStub(t)
+	if _, err := Restore(context.Background(), RestoreOptions{ImageDir: img, Pid: stub.Process.Pid}); err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "go"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	waitFor(t, "the reader to read the FIFO", func() bool {
+		data, err := os.ReadFile(filepath.Join(dir, "result"))
+		got = string(data)
+		return err == nil && strings.HasSuffix(got, "\n")
+	})
+	if got != "fifo-data\n" {
+		t.Fatalf("read %q from the FIFO after restore, want fifo-data", got)
+	}
+}
+
+// TestDumpRestoreInotify checks that inotify watches come back with their
+// descriptors (a removed watch leaves a gap) and report events.
+func TestDumpRestoreInotify(t *testing.T) {
+	testutil.RequiresRoot(t)
+	bin := buildC(t, "inotify")
+	dir := t.TempDir()
+	for _, d := range []string{"a", "b", "c"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fz := newCgroupFreezer(t)
+	cmd := startInNewPidns(t, fz, bin, dir)
+	waitFor(t, "the watcher to count", func() bool { v, ok := readInts(filepath.Join(dir, "status"), 1); return ok && v[0] > 10 })
+	img := filepath.Join(dir, "img")
+	if _, err := Dump(context.Background(), DumpOptions{Pid: cmd.Process.Pid, Freezer: fz, ImageDir: img}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	_ = cmd.Wait()
+	stub := startStub(t)
+	if _, err := Restore(context.Background(), RestoreOptions{ImageDir: img, Pid: stub.Process.Pid}); err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "go"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	waitFor(t, "the watcher to report its events", func() bool {
+		data, err := os.ReadFile(filepath.Join(dir, "result"))
+		got = string(data)
+		return err == nil && strings.HasSuffix(got, "\n")
+	})
+	if got != "1 3\n" {
+		t.Fatalf("events from watch descriptors %q after restore, want 1 and 3", got)
+	}
+}
+
+// TestDumpRestoreSocketpair checks a unix stream socketpair between two
+// processes, with bytes queued and one direction shut down.
+func TestDumpRestoreSocketpair(t *testing.T) {
+	testutil.RequiresRoot(t)
+	bin := buildC(t, "sockpair")
+	dir := t.TempDir()
+	fz := newCgroupFreezer(t)
+	cmd := startInNewPidns(t, fz, bin, dir)
+	waitFor(t, "the child to count", func() bool { v, ok := readInts(filepath.Join(dir, "child"), 1); return ok && v[0] > 10 })
+	img := filepath.Join(dir, "img")
+	if _, err := Dump(context.Background(), DumpOptions{Pid: cmd.Process.Pid, Freezer: fz, ImageDir: img}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	_ = cmd.Wait()
+	stub := startStub(t)
+	if _, err := Restore(context.Background(), RestoreOptions{ImageDir: img, Pid: stub.Process.Pid}); err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "go"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	waitFor(t, "the child to read the socket", func() bool {
+		data, err := os.ReadFile(filepath.Join(dir, "result"))
+		got = string(data)
+		return err == nil && strings.HasSuffix(got, "\n")
+	})
+	if got != "sock-data EOF\n" {
+		t.Fatalf("child read %q after restore, want the queued bytes then end of file", got)
+	}
 }

@@ -27,7 +27,7 @@ var (
 )
 
 // runtimes are the runtimes every common scenario runs on.
-var runtimes = []rt{runcRT}
+var runtimes = []rt{runcRT, cryoRT}
 
 // forEachRuntime runs f as a subtest per runtime.
 func forEachRuntime(t *testing.T, f func(t *testing.T, r rt)) {

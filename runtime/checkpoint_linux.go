@@ -297,6 +297,9 @@ func (r *Runtime) Restore(ctx context.Context, id string, opts RestoreOpts) (_ *
 	if opts.ImagePath == "" {
 		return nil, fmt.Errorf("restore of %s: image path is required: %w", id, ErrInvalidConfig)
 	}
+	if err := checkImageOwner(opts.ImagePath); err != nil {
+		return nil, fmt.Errorf("restore of %s from %s: %w", id, opts.ImagePath, err)
+	}
 	start := time.Now()
 	ck, err := oci.OpenCheckpoint(opts.ImagePath)
 	timePhase(ctx, "verify", start)
@@ -376,6 +379,25 @@ func restoreBundleSpec(bundle string, saved *specs.Spec) (*specs.Spec, error) {
 	}
 	s.Root = &root
 	return &s, nil
+}
+
+// checkImageOwner refuses a caller other than root a checkpoint image
+// (layout directory or archive) that another user owns: a checkpoint holds
+// its owner's memory and files, and like `cryo checkpoint rm` only its owner
+// or root may act on it, whatever its file modes allow.
+func checkImageOwner(p string) error {
+	uid := os.Geteuid()
+	if uid == 0 {
+		return nil
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(p, &st); err != nil {
+		return fmt.Errorf("checkpoint image: %w", err)
+	}
+	if int(st.Uid) != uid {
+		return fmt.Errorf("checkpoint is owned by uid %d, not by the caller (uid %d): %w", st.Uid, uid, unix.EPERM)
+	}
+	return nil
 }
 
 // checkRestorable refuses an image this host cannot run or that would give

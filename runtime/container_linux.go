@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -24,7 +25,12 @@ type Container struct {
 	dir string
 	rec record
 	cmd *exec.Cmd // the init, when this process created it
-	cg  cgroups.Manager
+	// waitOnce makes Wait safe for several callers (the shim's exit watcher
+	// and a checkpoint's delete); waitCode and waitErr are its result.
+	waitOnce sync.Once
+	waitCode int
+	waitErr  error
+	cg       cgroups.Manager
 }
 
 // ID is the container id.
@@ -250,8 +256,17 @@ func (c *Container) signalAll(sig syscall.Signal) error {
 // killed). When this process is not the init's parent the code is -1.
 func (c *Container) Wait() (int, error) {
 	if c.cmd != nil {
-		err := c.cmd.Wait()
-		return exitCode(c.cmd, err)
+		c.waitOnce.Do(func() {
+			// Wait for the exit on the pidfd before reaping: a wait would also
+			// consume the ptrace stops of the init while this process's engine
+			// traces it (an in-process checkpoint, as in the shim).
+			if err := waitGone(c.rec.Pid, c.rec.PidStartTime, 0); err != nil {
+				c.waitCode, c.waitErr = -1, err
+				return
+			}
+			c.waitCode, c.waitErr = exitCode(c.cmd, c.cmd.Wait())
+		})
+		return c.waitCode, c.waitErr
 	}
 	return -1, waitGone(c.rec.Pid, c.rec.PidStartTime, 0)
 }
@@ -364,7 +379,6 @@ func (c *Container) destroy(ctx context.Context) error {
 	}
 	if c.cmd != nil {
 		_, _ = c.Wait()
-		c.cmd = nil
 	}
 	if cg, err := c.Cgroup(); err == nil {
 		if err := cg.Delete(); err != nil {
@@ -446,6 +460,44 @@ func (c *Container) Update(r *specs.LinuxResources) error {
 	if err := cg.Set(r); err != nil {
 		return fmt.Errorf("update resources of %s: %w", c.rec.ID, err)
 	}
-	c.rec.Spec.Linux.Resources = r
+	// Record the merge: decoding r's JSON onto the current resources keeps
+	// every field r leaves unset.
+	cur := c.rec.Spec.Linux.Resources
+	if cur == nil {
+		cur = &specs.LinuxResources{}
+	}
+	data, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(data, cur); err != nil {
+		return err
+	}
+	c.rec.Spec.Linux.Resources = cur
 	return c.save()
+}
+
+// Stats reads the cgroup statistics of the container.
+func (c *Container) Stats() (*cgroups.Stats, error) {
+	st, err := c.Status()
+	if err != nil {
+		return nil, err
+	}
+	if st == Stopped {
+		return nil, ErrNotRunning
+	}
+	cg, err := c.Cgroup()
+	if err != nil {
+		return nil, err
+	}
+	return cg.Stats()
+}
+
+// OOMEvents reports OOM kills in the container's cgroup until ctx is done.
+func (c *Container) OOMEvents(ctx context.Context) (<-chan struct{}, error) {
+	cg, err := c.Cgroup()
+	if err != nil {
+		return nil, err
+	}
+	return cg.OOMEvents(ctx)
 }

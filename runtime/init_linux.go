@@ -62,8 +62,8 @@ func Reexec() bool {
 	sync := os.NewFile(initSyncFD, "sync")
 	err := runInit(sync)
 	// runInit only returns on failure; report it to whoever listens.
+	// The parent reports it; the container's stderr is not ours to write.
 	_ = json.NewEncoder(sync).Encode(syncMsg{Type: msgError, Error: err.Error()})
-	fmt.Fprintf(os.Stderr, "cryo init: %v\n", err)
 	os.Exit(255)
 	return true
 }
@@ -113,6 +113,14 @@ func runInit(sync *os.File) error {
 	// every fd above stdio is closed by the final execve.
 	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
 		return fmt.Errorf("mark fds close-on-exec: %w", err)
+	}
+	if os.Getenv(initSendPidEnv) == "1" {
+		// Started through the nsenter stub: the parent cannot know this
+		// pid; the kernel translates it for the receiver.
+		cred := unix.UnixCredentials(&unix.Ucred{Pid: int32(os.Getpid()), Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid())})
+		if err := unix.Sendmsg(initSyncFD, []byte{0}, cred, nil, 0); err != nil {
+			return fmt.Errorf("send pid: %w", err)
+		}
 	}
 	dec := json.NewDecoder(sync)
 	enc := json.NewEncoder(sync)

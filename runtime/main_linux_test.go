@@ -3,9 +3,7 @@ package runtime
 import (
 	"context"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -22,36 +20,13 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// busyboxApplets are linked into every test rootfs.
-var busyboxApplets = []string{"sh", "cat", "echo", "ls", "sleep", "id", "hostname", "true", "false",
-	"mount", "grep", "touch", "readlink", "stat", "ps", "test", "kill", "wc", "head", "env", "pwd",
-	"umask", "ulimit", "dd", "mkdir", "rm", "uname", "domainname", "nproc"}
-
 // newBundle writes a bundle with a busybox rootfs and the default spec,
 // adjusted for tests (no terminal, writable root, unique cgroup path).
 func newBundle(t *testing.T, args ...string) (string, *specs.Spec) {
 	t.Helper()
 	testutil.RequiresRoot(t)
-	bb, err := exec.LookPath("busybox")
-	if err != nil {
-		testutil.SkipOrFail(t, "busybox not installed (apt-get install busybox-static)")
-	}
 	bundle := t.TempDir()
-	rootfs := filepath.Join(bundle, "rootfs")
-	for _, d := range []string{"bin", "proc", "sys", "dev", "etc", "tmp", "root"} {
-		if err := os.MkdirAll(filepath.Join(rootfs, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	copyFile(t, bb, filepath.Join(rootfs, "bin/busybox"))
-	for _, a := range busyboxApplets {
-		if err := os.Symlink("busybox", filepath.Join(rootfs, "bin", a)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.WriteFile(filepath.Join(rootfs, "etc/passwd"), []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	testutil.BusyboxRootfs(t, filepath.Join(bundle, "rootfs"))
 	s := DefaultSpec()
 	s.Root.Readonly = false
 	s.Process.Terminal = false
@@ -62,25 +37,6 @@ func newBundle(t *testing.T, args ...string) (string, *specs.Spec) {
 
 func sanitize(name string) string {
 	return strings.NewReplacer("/", "-", " ", "_").Replace(name)
-}
-
-func copyFile(t *testing.T, src, dst string) {
-	t.Helper()
-	in, err := os.Open(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
-	}
 }
 
 func newRuntime(t *testing.T) *Runtime {

@@ -26,6 +26,9 @@ type Runtime struct {
 	// init; its main (or TestMain) must call Reexec first. Defaults to
 	// /proc/self/exe init.
 	InitCommand []string
+	// forceNsenterELF makes Exec use the nsenter ELF stub even when the cgo
+	// constructor is linked in (tests cover both paths).
+	forceNsenterELF bool
 }
 
 // New returns a Runtime keeping its state under root (created 0700).

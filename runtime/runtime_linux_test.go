@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -14,6 +15,10 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/cryo-run/cryo/engine"
+	"github.com/cryo-run/cryo/integration/testutil"
+	"github.com/cryo-run/cryo/runtime/internal/nsenter"
 )
 
 // startDetached creates and starts a long-running container; cleanup
@@ -708,4 +713,137 @@ func TestSeccomp(t *testing.T) {
 		t.Fatal("bad seccomp action accepted")
 	}
 	assertNoLeaks(t, r, "scbad", 0, s.Linux.CgroupsPath, bundle)
+}
+
+// TestInitELFEngineStub starts the engine's restore stub as the container's
+// init: it must be PID 1 of the new namespaces, parked in pause().
+func TestInitELFEngineStub(t *testing.T) {
+	bundle, s := newBundle(t, "unused")
+	r := newRuntime(t)
+	ctx := context.Background()
+	c, err := r.Create(ctx, "stub", CreateOpts{Bundle: bundle, Spec: s, InitELF: engine.Stub()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Delete(ctx, true) })
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c.Pid()))
+		wchan, _ := os.ReadFile(fmt.Sprintf("/proc/%d/syscall", c.Pid()))
+		// syscall 34 is pause.
+		if strings.Contains(string(stat), ") S ") && strings.HasPrefix(string(wchan), "34 ") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stub not parked in pause(): stat %q syscall %q", stat, wchan)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.Pid()))
+	if !strings.Contains(string(status), fmt.Sprintf("NSpid:\t%d\t1\n", c.Pid())) {
+		t.Fatalf("stub is not PID 1:\n%s", status)
+	}
+	if st, _ := c.Status(); st != Running {
+		t.Fatalf("status %s, want running", st)
+	}
+	if err := c.Delete(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	assertNoLeaks(t, r, "stub", c.Pid(), s.Linux.CgroupsPath, bundle)
+}
+
+func TestNsenterCode(t *testing.T) {
+	as, err1 := exec.LookPath("as")
+	objcopy, err2 := exec.LookPath("objcopy")
+	if err1 != nil || err2 != nil {
+		testutil.SkipOrFail(t, "GNU as/objcopy (binutils) not installed")
+	}
+	dir := t.TempDir()
+	obj, bin := filepath.Join(dir, "n.o"), filepath.Join(dir, "n.bin")
+	if out, err := exec.Command(as, "--64", "-o", obj, "testdata/nsenter.s").CombinedOutput(); err != nil {
+		t.Fatalf("as: %v %s", err, out)
+	}
+	if out, err := exec.Command(objcopy, "-O", "binary", "-j", ".text", obj, bin).CombinedOutput(); err != nil {
+		t.Fatalf("objcopy: %v %s", err, out)
+	}
+	want, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(want) != string(nsenterCode) {
+		t.Fatalf("nsenterCode differs from testdata/nsenter.s:\ngot  %x\nwant %x", nsenterCode, want)
+	}
+}
+
+// TestExecUserAndTimeNamespaces execs into a container that has its own
+// user and time namespaces, which only a single-threaded process can join:
+// through the cgo constructor (when linked in) and through the nsenter ELF.
+func TestExecUserAndTimeNamespaces(t *testing.T) {
+	t.Run("constructor", func(t *testing.T) {
+		if !nsenter.Available {
+			t.Skip("built without cgo: the nsenter constructor is not linked in (the ELF path is tested below)")
+		}
+		testExecUserAndTime(t, false)
+	})
+	t.Run("elf", func(t *testing.T) { testExecUserAndTime(t, true) })
+}
+
+func testExecUserAndTime(t *testing.T, elf bool) {
+	bundle, s := newBundle(t, "sleep", "100")
+	s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace}, specs.LinuxNamespace{Type: specs.TimeNamespace})
+	s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 300000, Size: 65536}}
+	s.Linux.GIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 300000, Size: 65536}}
+	s.Linux.TimeOffsets = map[string]specs.LinuxTimeOffset{"boottime": {Secs: 2000000}}
+	var mounts []specs.Mount
+	for _, m := range s.Mounts {
+		if m.Type != "cgroup" {
+			mounts = append(mounts, m)
+		}
+	}
+	s.Mounts = mounts
+	for d := bundle; d != "/tmp" && d != "/"; d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Become a subreaper for the exec'd grandchild's exit status.
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) })
+	r := newRuntime(t)
+	r.forceNsenterELF = elf
+	c := startDetached(t, r, "usertime", bundle, s)
+	out, _ := os.CreateTemp(t.TempDir(), "out")
+	p := shProcess(s.Process, "id -u; cat /proc/self/uid_map; cat /proc/uptime; read x; exit 3")
+	stdinR, stdinW, _ := os.Pipe()
+	proc, err := c.Exec(context.Background(), ExecOpts{Process: p, Stdin: stdinR, Stdout: out, Stderr: out})
+	stdinR.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	initNS, execNS := nsLinks(t, c.Pid()), nsLinks(t, proc.Pid)
+	for ns, l := range initNS {
+		if execNS[ns] != l {
+			t.Errorf("namespace %s: exec %s, init %s", ns, execNS[ns], l)
+		}
+	}
+	initCg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", c.Pid()))
+	execCg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", proc.Pid))
+	if string(initCg) != string(execCg) {
+		t.Errorf("cgroup: exec %s, init %s", execCg, initCg)
+	}
+	stdinW.Close()
+	code, err := proc.Wait()
+	if err != nil || code != 3 {
+		t.Fatalf("exec exit: %d %v, want 3", code, err)
+	}
+	b, _ := os.ReadFile(out.Name())
+	f := strings.Fields(string(b))
+	if len(f) < 5 || f[0] != "0" || f[2] != "300000" {
+		t.Fatalf("exec output %q, want uid 0 mapped to 300000", b)
+	}
+	if up, _ := strconv.ParseFloat(f[4], 64); up < 2000000 {
+		t.Fatalf("exec uptime %q, want the container's boottime offset", f[4])
+	}
 }

@@ -78,6 +78,8 @@ func (m *manager) Start(ctx context.Context, params *bootapi.BootstrapParams) (_
 	if err != nil {
 		return nil, err
 	}
+	// The server process inherits the listener; closing ours must not unlink the socket.
+	l.SetUnlinkOnClose(false)
 	defer l.Close()
 	lf, err := l.File()
 	if err != nil {

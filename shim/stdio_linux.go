@@ -153,6 +153,9 @@ func (p *procIO) output(ctx context.Context, u *url.URL) (*os.File, error) {
 	go func() {
 		defer p.copies.Done()
 		io.Copy(ff, r)
+		// EOF: every writer (the process and its children) is gone. Closing our end lets the
+		// client see EOF too; it waits for that before it reports the exit.
+		ff.Close()
 	}()
 	return w, nil
 }
@@ -242,6 +245,7 @@ func (p *procIO) attachConsole(ctx context.Context, master *os.File) error {
 			defer p.copies.Done()
 			// EIO once every slave fd is closed: the terminal's end of stream.
 			io.Copy(ff, c)
+			ff.Close()
 		}()
 	}
 	return nil

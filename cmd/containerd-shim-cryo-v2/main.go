@@ -17,5 +17,9 @@ import (
 var version = "dev"
 
 func main() {
-	containerdshim.RunShim(context.Background(), shim.NewManager(shim.RuntimeName, version))
+	if shim.Reexec() {
+		return
+	}
+	shim.SetVersion(version)
+	containerdshim.RunShim(context.Background(), shim.NewManager(shim.RuntimeName, version), shim.BinaryOpts)
 }

@@ -50,7 +50,8 @@ var crFlags = []cli.Flag{
 	&cli.BoolFlag{Name: "shell-job", Usage: "allow a shell job (a terminal from outside the container)"},
 	&cli.BoolFlag{Name: "file-locks", Usage: "save and restore file locks"},
 	&cli.StringFlag{Name: "manage-cgroups-mode", Usage: "cgroups mode: soft, full or strict"},
-	&cli.BoolFlag{Name: "empty-ns", Usage: "not supported yet"},
+	// runc's --empty-ns takes a namespace type (repeatable), as go-runc passes it.
+	&cli.StringSliceFlag{Name: "empty-ns", Usage: "not supported yet"},
 	&cli.BoolFlag{Name: "auto-dedup", Usage: "not supported yet"},
 	&cli.BoolFlag{Name: "lazy-pages", Usage: "not supported yet"},
 	&cli.IntFlag{Name: "status-fd", Usage: "not supported yet"},

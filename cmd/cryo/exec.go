@@ -62,6 +62,11 @@ var execCommand = &cli.Command{
 		if !ctx.Bool("detach") {
 			signal.Notify(sigs)
 			defer signal.Stop(sigs)
+			// In a container with its own user or time namespace the
+			// process is our grandchild: adopt it to get its exit status.
+			if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+				return fmt.Errorf("become subreaper: %w", err)
+			}
 		}
 		proc, err := c.Exec(ctx.Context, opts)
 		if err != nil {

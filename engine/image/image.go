@@ -93,6 +93,8 @@ type Inventory struct {
 	Tasks []int `json:"tasks"`
 	// Pipes are the pipes (and FIFOs) that fds of the tree refer to.
 	Pipes []Pipe `json:"pipes,omitempty"`
+	// UnixSockets are the unix socket pairs that fds of the tree refer to.
+	UnixSockets []UnixSocket `json:"unix_sockets,omitempty"`
 	// Shmems are the shared memory objects (shared anonymous memory, memfd)
 	// that mappings and fds of the tree refer to.
 	Shmems []Shmem `json:"shmems,omitempty"`
@@ -150,6 +152,11 @@ type Task struct {
 	Zombie   bool `json:"zombie,omitempty"`
 	ExitCode int  `json:"exit_code,omitempty"`
 
+	// Ctty says the task is a session leader whose controlling terminal is
+	// the fd marked Tty; Tpgid is the terminal's foreground process group.
+	Ctty  bool `json:"ctty,omitempty"`
+	Tpgid int  `json:"tpgid,omitempty"`
+
 	Threads []Thread `json:"threads,omitempty"`
 	Mm      *Mm      `json:"mm,omitempty"`
 	Fds     []Fd     `json:"fds,omitempty"`
@@ -164,9 +171,14 @@ type Task struct {
 	Creds       Creds       `json:"creds"`
 	Sigactions  []Sigaction `json:"sigactions,omitempty"`
 	Personality uint64      `json:"personality"`
-	Itimers     []Itimer    `json:"itimers,omitempty"`
+	// ChildSubreaper is PR_SET_CHILD_SUBREAPER; Dumpable is PR_GET_DUMPABLE.
+	ChildSubreaper bool     `json:"child_subreaper,omitempty"`
+	Dumpable       int      `json:"dumpable"`
+	Itimers        []Itimer `json:"itimers,omitempty"`
 	// Seccomp are the task's seccomp filters, oldest first (every thread has the same).
 	Seccomp []SeccompFilter `json:"seccomp,omitempty"`
+	// PosixTimers are the timers of timer_create, recreated with their IDs.
+	PosixTimers []PosixTimer `json:"posix_timers,omitempty"`
 	// SharedSigpending are the signals queued to the whole process.
 	SharedSigpending []Siginfo `json:"shared_sigpending,omitempty"`
 }
@@ -185,6 +197,8 @@ type Thread struct {
 	Altstack      *Altstack `json:"altstack,omitempty"`
 	Sigpending    []Siginfo `json:"sigpending,omitempty"`
 	Comm          string    `json:"comm,omitempty"`
+	// Pdeathsig is the parent-death signal (PR_SET_PDEATHSIG).
+	Pdeathsig int `json:"pdeathsig,omitempty"`
 }
 
 // Rseq is a thread's rseq registration (PTRACE_GET_RSEQ_CONFIGURATION).
@@ -204,6 +218,20 @@ type Altstack struct {
 // Siginfo is one queued signal: the raw 128-byte siginfo_t.
 type Siginfo struct {
 	Raw []byte `json:"raw"`
+}
+
+// PosixTimer is one POSIX timer (timer_create).
+type PosixTimer struct {
+	ID    int    `json:"id"`
+	Clock int    `json:"clock"`
+	Signo int    `json:"signo"`
+	Value uint64 `json:"value"` // sigev_value
+	// Notify is SIGEV_SIGNAL (0), SIGEV_NONE (1) or SIGEV_THREAD_ID (4), with Tid.
+	Notify int `json:"notify"`
+	Tid    int `json:"tid,omitempty"`
+	// ValueNs is the time left before expiry, IntervalNs the period.
+	ValueNs    int64 `json:"value_ns,omitempty"`
+	IntervalNs int64 `json:"interval_ns,omitempty"`
 }
 
 // Rlimit is one resource limit (RLIMIT_* index).
@@ -293,6 +321,16 @@ const (
 	ProtExec  = 4
 )
 
+// Madvise settings of a mapping, by their smaps VmFlags names.
+const (
+	MadvDontfork   = "dc" // MADV_DONTFORK
+	MadvWipeonfork = "wf" // MADV_WIPEONFORK
+	MadvDontdump   = "dd" // MADV_DONTDUMP
+	MadvHugepage   = "hg" // MADV_HUGEPAGE
+	MadvNohugepage = "nh" // MADV_NOHUGEPAGE
+	MadvMergeable  = "mg" // MADV_MERGEABLE
+)
+
 // Vma is one mapping of an address space.
 type Vma struct {
 	Start uint64 `json:"start"`
@@ -301,8 +339,10 @@ type Vma struct {
 	// Shared is MAP_SHARED (else MAP_PRIVATE).
 	Shared bool `json:"shared,omitempty"`
 	// GrowsDown is VM_GROWSDOWN (a stack).
-	GrowsDown bool   `json:"grows_down,omitempty"`
-	Kind      string `json:"kind"`
+	GrowsDown bool `json:"grows_down,omitempty"`
+	// Advice are the madvise() settings to apply (MadvDontfork...).
+	Advice []string `json:"advice,omitempty"`
+	Kind   string   `json:"kind"`
 	// Name is the bracketed name in maps ([heap], [stack], [anon:...]).
 	Name string `json:"name,omitempty"`
 	// Path and Offset describe the mapped file of a file mapping.
@@ -334,7 +374,30 @@ const (
 	FdSignalfd = "signalfd" // a signalfd with its mask
 	FdTimerfd  = "timerfd"  // a timerfd with its clock, remaining time and ticks
 	FdMemfd    = "memfd"    // a memfd, the Inventory.Shmems object Shmem
+	FdFifo     = "fifo"     // a FIFO reopened by Path; its bytes are in Inventory.Pipes
+	FdInotify  = "inotify"  // an inotify instance with its watches (queued events are lost)
+	FdUnix     = "unix"     // one end of a connected pair of unix sockets, both in the tree
 )
+
+// UnixSocket is one end of a connected pair of unbound unix sockets
+// (socketpair), whose peer is in the tree too.
+type UnixSocket struct {
+	ID   uint64 `json:"id"` // its inode at dump time
+	Peer uint64 `json:"peer"`
+	Type int    `json:"type"` // SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET
+	// Queue are the bytes waiting to be received on this end.
+	Queue []byte `json:"queue,omitempty"`
+	// Shutdown holds the shutdown bits (1: receive, 2: send).
+	Shutdown int `json:"shutdown,omitempty"`
+}
+
+// InotifyWatch is one watch of an inotify instance.
+type InotifyWatch struct {
+	Wd   int    `json:"wd"`
+	Mask uint32 `json:"mask"`
+	// Path is the watched file, relative to the task root.
+	Path string `json:"path"`
+}
 
 // EpollTarget is one fd registered in an epoll instance (the fd number in
 // the task that holds the epoll fd).
@@ -368,10 +431,15 @@ type Fd struct {
 	File uint64 `json:"file"`
 	// Pipe is the Inventory.Pipes ID of a pipe end.
 	Pipe uint64 `json:"pipe,omitempty"`
+	// Socket is the socket of a FdSocket (its ID in sockets.json) or of a
+	// FdUnix (its Inventory.UnixSockets ID).
+	Socket uint64 `json:"socket,omitempty"`
 	// Shmem is the Inventory.Shmems ID of a memfd.
 	Shmem uint64 `json:"shmem,omitempty"`
 	// Stdio is the index (0, 1, 2) of the restore stdio an external fd is reconnected to.
 	Stdio int `json:"stdio,omitempty"`
+	// Tty marks the fd of the task's controlling terminal (Task.Ctty).
+	Tty bool `json:"tty,omitempty"`
 	// EventfdCount and EventfdSemaphore describe an eventfd.
 	EventfdCount     uint64 `json:"eventfd_count,omitempty"`
 	EventfdSemaphore bool   `json:"eventfd_semaphore,omitempty"`
@@ -381,6 +449,10 @@ type Fd struct {
 	SignalfdMask uint64 `json:"signalfd_mask,omitempty"`
 	// Timerfd is the state of a timerfd.
 	Timerfd *Timerfd `json:"timerfd,omitempty"`
+	// Inotify lists the watches of an inotify instance, by descriptor.
+	Inotify []InotifyWatch `json:"inotify,omitempty"`
+	// Ghost is the content of a FdDeleted file (fdkinds.go).
+	Ghost *Ghost `json:"ghost,omitempty"`
 }
 
 // WriteFile writes a record as JSON into dir/name with mode 0600.

@@ -43,6 +43,18 @@ func (inv *Inventory) Validate() error {
 			return bad("pipe %d: %d bytes buffered in a pipe of size %d", p.ID, len(p.Data), p.Size)
 		}
 	}
+	socks := map[uint64]UnixSocket{}
+	for _, u := range inv.UnixSockets {
+		if _, dup := socks[u.ID]; dup || u.ID == u.Peer || len(u.Queue) > 1<<30 {
+			return bad("unix socket %d repeated, its own peer or with %d queued bytes", u.ID, len(u.Queue))
+		}
+		socks[u.ID] = u
+	}
+	for _, u := range inv.UnixSockets {
+		if p, ok := socks[u.Peer]; !ok || p.Peer != u.ID || p.Type != u.Type {
+			return bad("unix socket %d: peer %d missing or not paired with it", u.ID, u.Peer)
+		}
+	}
 	shm := map[uint64]bool{}
 	for _, o := range inv.Shmems {
 		if shm[o.ID] || o.Size > 1<<40 || o.Size%PageSize != 0 && o.Memfd == false {
@@ -114,16 +126,28 @@ func (t *Task) Validate() error {
 		}
 		fds[f.Fd] = true
 		switch f.Kind {
-		case FdFile, FdDevice:
+		case FdFile, FdDevice, FdFifo:
 			if f.Path == "" || f.Path[0] != '/' {
 				return bad("task %d fd %d: path %q is not absolute", t.Pid, f.Fd, f.Path)
 			}
-		case FdPipe, FdEventfd, FdSignalfd, FdMemfd:
+		case FdPipe, FdEventfd, FdSignalfd, FdMemfd, FdUnix:
 		case FdTimerfd:
 			if f.Timerfd == nil {
 				return bad("task %d fd %d: timerfd without state", t.Pid, f.Fd)
 			}
+		case FdInotify:
+			prev := 0
+			for _, w := range f.Inotify {
+				if w.Wd <= prev || w.Path == "" || w.Path[0] != '/' {
+					return bad("task %d fd %d: inotify watch %d on %q", t.Pid, f.Fd, w.Wd, w.Path)
+				}
+				prev = w.Wd
+			}
 		case FdEpoll:
+		case FdSocket, FdDeleted:
+			if err := f.validateKind(); err != nil {
+				return fmt.Errorf("task %d fd %d: %w", t.Pid, f.Fd, err)
+			}
 		case FdExternal:
 			if f.Stdio < 0 || f.Stdio > 2 {
 				return bad("task %d fd %d: stdio index %d", t.Pid, f.Fd, f.Stdio)
@@ -174,6 +198,13 @@ func (mm *Mm) Validate() error {
 			return bad("vma %d: %#x-%#x overlaps or is out of order", i, v.Start, v.End)
 		}
 		prevEnd = v.End
+		for _, a := range v.Advice {
+			switch a {
+			case MadvDontfork, MadvWipeonfork, MadvDontdump, MadvHugepage, MadvNohugepage, MadvMergeable:
+			default:
+				return bad("vma %#x: advice %q", v.Start, a)
+			}
+		}
 		if v.Prot&^(ProtRead|ProtWrite|ProtExec) != 0 {
 			return bad("vma %#x: prot %#x", v.Start, v.Prot)
 		}

@@ -2,12 +2,13 @@
  * argv[1]: status file, rewritten at offset 0 on every iteration with
  *          "<counter> <heap ok> <offset of the data fd> <getpid()>".
  * argv[2]: data file, kept open at offset 12345.
- * argv[3]: optional "socket": also hold a unix socketpair (which the engine refuses).
+ * argv[3]: optional "socket": also hold a netlink socket (which the engine refuses).
  */
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -21,7 +22,7 @@ int main(int argc, char **argv) {
 	int out = open(argv[1], O_WRONLY | O_CREAT, 0644);
 	int sv[2];
 	if (argc > 3 && strcmp(argv[3], "socket") == 0)
-		socketpair(AF_UNIX, SOCK_STREAM, 0, sv);
+		sv[0] = socket(AF_NETLINK, SOCK_RAW, 0);
 	volatile long counter = 0;
 	char line[256];
 	for (;;) {

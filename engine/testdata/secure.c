@@ -4,7 +4,8 @@
  * CAP_NET_BIND_SERVICE (also ambient), drops CAP_NET_RAW from the bounding
  * set, no_new_privs, a seccomp filter making uname() fail with errno 42, and
  * leaves SIGUSR1 (process) and SIGUSR2 (thread) pending and blocked.
- * Status: "<counter> <uid> <euid> <uname errno> <umask> <cwd ok>".
+ * It is also a child subreaper and not dumpable.
+ * Status: "<counter> <uid> <euid> <uname errno> <umask> <cwd ok> <subreaper> <dumpable>".
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -48,6 +49,8 @@ int main(int argc, char **argv) {
 		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
 	};
 	struct sock_fprog prog = {4, f};
+	prctl(PR_SET_CHILD_SUBREAPER, 1);
+	prctl(PR_SET_DUMPABLE, 0);
 	prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
 	prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog);
 	sigset_t set;
@@ -65,7 +68,10 @@ int main(int argc, char **argv) {
 		mode_t m = umask(0);
 		umask(m);
 		int cwd_ok = getcwd(cwd, sizeof cwd) && strcmp(cwd, argv[2]) == 0;
-		int len = snprintf(line, sizeof line, "%020ld %d %d %d %o %d\n", counter, getuid(), geteuid(), e, m, cwd_ok);
+		int sub = 0;
+		prctl(PR_GET_CHILD_SUBREAPER, &sub);
+		int len = snprintf(line, sizeof line, "%020ld %d %d %d %o %d %d %d\n", counter, getuid(), geteuid(), e, m, cwd_ok, sub,
+				   prctl(PR_GET_DUMPABLE));
 		pwrite(out, line, len, 0);
 		usleep(1000);
 	}

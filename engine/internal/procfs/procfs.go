@@ -264,9 +264,12 @@ func ParseStatus(data []byte) (*Status, error) {
 
 // Stat holds the fields of /proc/PID/stat the engine uses.
 type Stat struct {
-	Comm                                         string
-	State                                        byte
-	PPid, Pgrp, Session                          int
+	Comm                string
+	State               byte
+	PPid, Pgrp, Session int
+	// TtyNr is the controlling terminal (major<<8 | minor, with the high
+	// minor bits at 20), Tpgid its foreground process group.
+	TtyNr, Tpgid                                 int
 	StartCode, EndCode, StartStack               uint64
 	StartData, EndData, StartBrk                 uint64
 	ArgStart, ArgEnd, EnvStart, EnvEnd, ExitCode uint64
@@ -296,11 +299,17 @@ func ParseStat(data []byte) (*Stat, error) {
 	st.State = f[0][0]
 	sint := func(n int) int { v, _ := strconv.Atoi(f[n-3]); return v }
 	st.PPid, st.Pgrp, st.Session = sint(4), sint(5), sint(6)
+	st.TtyNr, st.Tpgid = sint(7), sint(8)
 	st.StartCode, st.EndCode, st.StartStack = field(26), field(27), field(28)
 	st.StartData, st.EndData, st.StartBrk = field(45), field(46), field(47)
 	st.ArgStart, st.ArgEnd, st.EnvStart, st.EnvEnd = field(48), field(49), field(50), field(51)
 	st.ExitCode = field(52)
 	return st, nil
+}
+
+// TtyDev splits a stat tty_nr into major and minor numbers.
+func TtyDev(nr int) (major, minor uint32) {
+	return uint32(nr>>8) & 0xfff, uint32(nr&0xff) | uint32(nr>>12)&0xfff00
 }
 
 // Fdinfo holds /proc/PID/fdinfo/N.
@@ -429,4 +438,59 @@ func ParseTimerfd(fi *Fdinfo) (*Timerfd, error) {
 		return nil, err
 	}
 	return &t, nil
+}
+
+// PosixTimer is one entry of /proc/PID/timers.
+type PosixTimer struct {
+	ID     int
+	Signo  int
+	Value  uint64
+	Notify string // "signal", "thread" or "none"
+	Pid    int    // the target process or thread, in the reader's PID namespace
+	Clock  int
+}
+
+// ParseTimers parses /proc/PID/timers.
+func ParseTimers(data []byte) ([]PosixTimer, error) {
+	var out []PosixTimer
+	var cur *PosixTimer
+	for _, line := range strings.Split(string(data), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		v = strings.TrimSpace(v)
+		var err error
+		switch k {
+		case "ID":
+			out = append(out, PosixTimer{})
+			cur = &out[len(out)-1]
+			cur.ID, err = strconv.Atoi(v)
+		case "signal":
+			if cur == nil {
+				return nil, fmt.Errorf("%w: timers: signal before ID", ErrParse)
+			}
+			sig, val, _ := strings.Cut(v, "/")
+			if cur.Signo, err = strconv.Atoi(sig); err == nil {
+				cur.Value, err = strconv.ParseUint(val, 16, 64)
+			}
+		case "notify":
+			if cur == nil {
+				return nil, fmt.Errorf("%w: timers: notify before ID", ErrParse)
+			}
+			how, target, _ := strings.Cut(v, "/")
+			cur.Notify = how
+			_, id, _ := strings.Cut(target, ".")
+			cur.Pid, err = strconv.Atoi(id)
+		case "ClockID":
+			if cur == nil {
+				return nil, fmt.Errorf("%w: timers: ClockID before ID", ErrParse)
+			}
+			cur.Clock, err = strconv.Atoi(v)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: timers %s: %v", ErrParse, k, err)
+		}
+	}
+	return out, nil
 }

@@ -119,3 +119,18 @@ func TestEpollAndTimerfd(t *testing.T) {
 		t.Errorf("got %+v", tf)
 	}
 }
+
+func TestParseTimers(t *testing.T) {
+	got, err := ParseTimers([]byte("ID: 1\nsignal: 14/0000000000000000\nnotify: signal/pid.6424\nClockID: 0\nID: 0\nsignal: 10/0000000000001234\nnotify: thread/tid.77\nClockID: 1\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].ID != 1 || got[0].Signo != 14 || got[1].Value != 0x1234 || got[1].Notify != "thread" || got[1].Pid != 77 || got[1].Clock != 1 {
+		t.Errorf("got %+v", got)
+	}
+}
+
+func FuzzParseTimers(f *testing.F) {
+	f.Add([]byte("ID: 1\nsignal: 14/0\nnotify: signal/pid.1\nClockID: 0\n"))
+	f.Fuzz(func(t *testing.T, data []byte) { _, _ = ParseTimers(data) })
+}

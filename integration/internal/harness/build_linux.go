@@ -159,8 +159,10 @@ func Build(ctx context.Context, outDir string, logf BuildLog) (*Binaries, error)
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
 		return nil, err
 	}
+	// Built as the Makefile builds them: with cgo, which links the runtime's nsenter
+	// constructor (joining user and time namespaces before the Go runtime starts).
 	for out, pkg := range map[string]string{b.Cryo: "./cmd/cryo", b.CryoShim: "./cmd/containerd-shim-cryo-v2"} {
-		if err := goBuild(ctx, root, []string{"CGO_ENABLED=0"}, out, "build", "-trimpath", pkg); err != nil {
+		if err := goBuild(ctx, root, nil, out, "build", "-trimpath", pkg); err != nil {
 			return nil, err
 		}
 	}

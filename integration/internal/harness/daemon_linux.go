@@ -302,6 +302,9 @@ func (d *Daemon) Close(keepLog bool) (string, error) {
 	}
 	errs = append(errs, killCgroupTree(d.Namespace))
 	errs = append(errs, unmountUnder(d.Dir))
+	// The runc shim of containers that nerdctl made keeps runc's default root; its namespace
+	// directory there is ours (the namespace is unique) and empty once the containers are gone.
+	os.Remove(filepath.Join("/run/containerd/runc", d.Namespace))
 	kept := ""
 	if keepLog {
 		kept = filepath.Join("/tmp", "cryo-it-"+d.Namespace+".log")

@@ -49,6 +49,7 @@ type dumper struct {
 	files  *fileTable
 	shmems *shmemTable
 	result DumpResult
+	pages  *pagePool // copy buffers (pages_linux.go)
 }
 
 const scratchSize = 4 * image.PageSize
@@ -76,6 +77,8 @@ func Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) {
 
 	d := &dumper{opts: opts, byPid: map[int]*dtask{}, files: newFileTable(), shmems: newShmemTable(opts.ImageDir)}
 	d.files.shmems = d.shmems
+	d.pages = newPagePool()
+	defer d.pages.release()
 	err := d.run(ctx)
 	if err == nil && opts.Commit != nil {
 		if err = opts.Commit(&d.result); err != nil {
@@ -905,7 +908,7 @@ func (d *dumper) dumpMm(t *dtask, maps []procfs.Mapping) (*image.Mm, error) {
 	if err := lead.openMem(); err != nil {
 		return nil, err
 	}
-	pw := newPageWriter(t.pid, pf, lead.mem)
+	pw := newPageWriter(t.pid, pf, lead.mem, d.pages, d.opts.HashPages)
 	defer pw.release()
 	ri := 0
 	for _, m := range maps {
@@ -945,6 +948,12 @@ func (d *dumper) dumpMm(t *dtask, maps []procfs.Mapping) (*image.Mm, error) {
 	}
 	if err := pf.Close(); err != nil {
 		return nil, err
+	}
+	if dg := pw.digest(); dg != "" {
+		if d.result.PageDigests == nil {
+			d.result.PageDigests = map[string]string{}
+		}
+		d.result.PageDigests[name] = dg
 	}
 	mm.PagesFile, mm.PagesSize = name, pw.off
 	t.info.MemBytes = pw.off

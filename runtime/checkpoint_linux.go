@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/containerd/log"
+	digest "github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
@@ -114,7 +115,16 @@ func (c *Container) Checkpoint(ctx context.Context, opts CheckpointOpts) (_ *oci
 			"pageBytes": strconv.FormatUint(res.PageBytes, 10),
 			"kernel":    res.Kernel,
 		}
-		w, err := oci.WriteCheckpoint(image, filepath.Join(work, "engine"), cfg, wopts)
+		wo := wopts
+		if len(res.PageDigests) > 0 {
+			// Computed while the pages were copied: packing links the
+			// files without reading them again (a restore verifies them).
+			wo.Digests = map[string]digest.Digest{}
+			for name, d := range res.PageDigests {
+				wo.Digests[name] = digest.Digest(d)
+			}
+		}
+		w, err := oci.WriteCheckpoint(image, filepath.Join(work, "engine"), cfg, wo)
 		if err != nil {
 			return fmt.Errorf("write checkpoint image %s: %w", image, err)
 		}
@@ -134,8 +144,11 @@ func (c *Container) Checkpoint(ctx context.Context, opts CheckpointOpts) (_ *oci
 	}
 	if !opts.LeaveRunning {
 		// Write the image while the tree is still stopped: the container is
-		// killed only once its image is safe.
+		// killed only once its image is safe. The page digests are computed
+		// during the copy, on the other core. With LeaveRunning the stall
+		// is what counts: packing hashes them after the tree runs again.
 		dopts.Commit = pack
+		dopts.HashPages = true
 	}
 	dumpStart := time.Now()
 	res, err := engine.Dump(ctx, dopts)

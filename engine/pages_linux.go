@@ -6,9 +6,13 @@ import (
 	"fmt"
 	"hash"
 	"os"
+	"path/filepath"
 	"sync"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cryo-run/cryo/engine/image"
 )
 
 // The page copy pipeline of a dump. The dumping goroutine reads runs of a
@@ -30,6 +34,7 @@ const (
 type pageBatch struct {
 	buf     []byte
 	used    int
+	start   uint64 // offset of buf[0] in the task's pages data
 	runs    []unix.RemoteIovec
 	pending sync.WaitGroup // the writer and the hasher
 }
@@ -87,36 +92,55 @@ func (p *pagePool) release() {
 	p.free = make(chan *pageBatch, copyBuffers)
 }
 
-// pageWriter copies runs of one task's memory into its pages file.
-type pageWriter struct {
-	pid  int
-	f    *os.File
-	mem  *os.File
-	pool *pagePool
-	off  uint64
-	cur  *pageBatch
-	hash hash.Hash // nil: no digest
+// pagesPartSize bounds each file of a task's page data (image.Mm.PagesParts):
+// the packer and the verifier hash several files at once, one per core,
+// where sha256 over one big file runs on one core only.
+const pagesPartSize = 64 << 20
 
-	toWrite, toHash chan *pageBatch
-	workers         sync.WaitGroup
-	inflight        sync.WaitGroup
-	errMu           sync.Mutex
-	err             error
+// pageHashers is how many goroutines hash the parts (part k: hasher k%n).
+const pageHashers = 2
+
+// pageWriter copies runs of one task's memory into its pages files.
+type pageWriter struct {
+	pid    int
+	mem    *os.File
+	pool   *pagePool
+	open   func(part int) (*os.File, error) // creates part k's file
+	off    uint64                           // bytes queued so far
+	cur    *pageBatch
+	hashed bool
+
+	files   []*os.File // the writer goroutine's, until flush
+	hashes  [pageHashers]map[int]hash.Hash
+	toWrite chan *pageBatch
+	toHash  [pageHashers]chan *pageBatch
+	workers sync.WaitGroup
+	// inflight counts submitted batches not yet written and hashed.
+	inflight sync.WaitGroup
+	errMu    sync.Mutex
+	err      error
 }
 
-// newPageWriter starts the pipeline of one pages file; with hashed, it also
-// computes the file's sha256 (digest).
-func newPageWriter(pid int, f, mem *os.File, pool *pagePool, hashed bool) *pageWriter {
-	w := &pageWriter{pid: pid, f: f, mem: mem, pool: pool,
-		toWrite: make(chan *pageBatch, copyBuffers), toHash: make(chan *pageBatch, copyBuffers)}
+// newPageWriter creates part 0 (open(0)) and starts the pipeline; with
+// hashed, it also computes each part's sha256 (finish).
+func newPageWriter(pid int, mem *os.File, pool *pagePool, hashed bool, open func(part int) (*os.File, error)) (*pageWriter, error) {
+	f, err := open(0)
+	if err != nil {
+		return nil, err
+	}
+	w := &pageWriter{pid: pid, mem: mem, pool: pool, open: open, hashed: hashed,
+		files: []*os.File{f}, toWrite: make(chan *pageBatch, copyBuffers)}
 	w.workers.Add(1)
 	go w.writeLoop()
 	if hashed {
-		w.hash = sha256.New()
-		w.workers.Add(1)
-		go w.hashLoop()
+		for i := range w.toHash {
+			w.hashes[i] = map[int]hash.Hash{}
+			w.toHash[i] = make(chan *pageBatch, copyBuffers)
+			w.workers.Add(1)
+			go w.hashLoop(i)
+		}
 	}
-	return w
+	return w, nil
 }
 
 func (w *pageWriter) setErr(err error) {
@@ -133,27 +157,61 @@ func (w *pageWriter) failed() error {
 	return w.err
 }
 
+// pieces calls fn for each part-contained piece of b's bytes.
+func pieces(b *pageBatch, fn func(part int, data []byte)) {
+	off, data := b.start, b.buf[:b.used]
+	for len(data) > 0 {
+		part := int(off / pagesPartSize)
+		n := min(uint64(len(data)), uint64(part+1)*pagesPartSize-off)
+		fn(part, data[:n])
+		off += n
+		data = data[n:]
+	}
+}
+
 func (w *pageWriter) writeLoop() {
 	defer w.workers.Done()
 	for b := range w.toWrite {
-		if w.failed() == nil {
-			if _, err := w.f.Write(b.buf[:b.used]); err != nil {
+		pieces(b, func(part int, data []byte) {
+			if w.failed() != nil {
+				return
+			}
+			for len(w.files) <= part {
+				f, err := w.open(len(w.files))
+				if err != nil {
+					w.setErr(err)
+					return
+				}
+				w.files = append(w.files, f)
+			}
+			if _, err := w.files[part].Write(data); err != nil {
 				w.setErr(fmt.Errorf("write pages of pid %d: %w", w.pid, err))
 			}
-		}
+		})
 		b.pending.Done()
 	}
 }
 
-func (w *pageWriter) hashLoop() {
+func (w *pageWriter) hashLoop(i int) {
 	defer w.workers.Done()
-	for b := range w.toHash {
-		w.hash.Write(b.buf[:b.used])
+	hs := w.hashes[i]
+	for b := range w.toHash[i] {
+		pieces(b, func(part int, data []byte) {
+			if part%pageHashers != i {
+				return
+			}
+			h := hs[part]
+			if h == nil {
+				h = sha256.New()
+				hs[part] = h
+			}
+			h.Write(data)
+		})
 		b.pending.Done()
 	}
 }
 
-// add queues n bytes at addr and returns their offset in the pages file.
+// add queues n bytes at addr and returns their offset in the pages data.
 func (w *pageWriter) add(addr, n uint64) (uint64, error) {
 	off := w.off
 	for n > 0 {
@@ -162,6 +220,7 @@ func (w *pageWriter) add(addr, n uint64) (uint64, error) {
 			if err != nil {
 				return 0, err
 			}
+			b.start = w.off
 			w.cur = b
 		}
 		b := w.cur
@@ -181,7 +240,7 @@ func (w *pageWriter) add(addr, n uint64) (uint64, error) {
 }
 
 // submit reads the current batch from the task and hands it to the writer
-// (and the hasher).
+// and the hashers.
 func (w *pageWriter) submit() error {
 	b := w.cur
 	if b == nil || b.used == 0 {
@@ -193,8 +252,8 @@ func (w *pageWriter) submit() error {
 		return err
 	}
 	consumers := 1
-	if w.hash != nil {
-		consumers = 2
+	if w.hashed {
+		consumers += pageHashers
 	}
 	b.pending.Add(consumers)
 	w.inflight.Add(1)
@@ -204,8 +263,10 @@ func (w *pageWriter) submit() error {
 		w.inflight.Done()
 	}()
 	w.toWrite <- b
-	if w.hash != nil {
-		w.toHash <- b
+	if w.hashed {
+		for _, c := range w.toHash {
+			c <- b
+		}
 	}
 	return w.failed()
 }
@@ -236,33 +297,105 @@ func (w *pageWriter) read(b *pageBatch) error {
 	return nil
 }
 
-// flush submits what is queued and waits until every byte is in the file.
-func (w *pageWriter) flush() error {
-	err := w.submit()
-	w.inflight.Wait()
-	if err != nil {
-		return err
+// finish writes out what is queued, stops the pipeline and closes the
+// files. It returns how many parts the data has and, when hashed, the
+// "sha256:<hex>" digest of each part.
+func (w *pageWriter) finish() (parts int, digests []string, err error) {
+	err = w.submit()
+	w.release()
+	if err == nil {
+		err = w.failed()
 	}
-	return w.failed()
+	for _, f := range w.files {
+		if cerr := f.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
+	}
+	w.files = nil
+	if err != nil {
+		return 0, nil, err
+	}
+	parts = max(1, int((w.off+pagesPartSize-1)/pagesPartSize))
+	if w.hashed {
+		for k := 0; k < parts; k++ {
+			h := w.hashes[k%pageHashers][k]
+			if h == nil {
+				h = sha256.New() // an empty pages file
+			}
+			digests = append(digests, "sha256:"+hex.EncodeToString(h.Sum(nil)))
+		}
+	}
+	return parts, digests, nil
 }
 
-// release stops the pipeline (after waiting for it); the buffers stay in
-// the pool for the next task.
+// release stops the pipeline (waiting for what is in flight); the buffers
+// stay in the pool for the next task. Safe to call more than once.
 func (w *pageWriter) release() {
 	if w.cur != nil {
 		w.pool.put(w.cur)
 		w.cur = nil
 	}
 	w.inflight.Wait()
-	close(w.toWrite)
-	close(w.toHash)
-	w.workers.Wait()
+	if w.toWrite != nil {
+		close(w.toWrite)
+		for _, c := range w.toHash {
+			if c != nil {
+				close(c)
+			}
+		}
+		w.workers.Wait()
+		w.toWrite = nil
+	}
+	for _, f := range w.files {
+		f.Close()
+	}
+	w.files = nil
 }
 
-// digest is "sha256:<hex>" of everything flushed, or "" without hashing.
-func (w *pageWriter) digest() string {
-	if w.hash == nil {
-		return ""
+// mapPages maps a task's page data (all its parts, contiguous) read-only
+// into the engine, pre-faulted; unmap releases it.
+func mapPages(dir string, mm *image.Mm) (data []byte, unmap func(), err error) {
+	names := append([]string{mm.PagesFile}, mm.PagesParts...)
+	part := mm.PagesSize
+	if len(mm.PagesParts) > 0 {
+		part = mm.PagesPartSize
 	}
-	return "sha256:" + hex.EncodeToString(w.hash.Sum(nil))
+	// Reserve the whole range, then map each part over its place in it.
+	res, err := unix.Mmap(-1, 0, int(mm.PagesSize), unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		return nil, nil, fmt.Errorf("reserve %d bytes for the pages: %w", mm.PagesSize, err)
+	}
+	unmap = func() { _ = unix.Munmap(res) }
+	for k, name := range names {
+		if filepath.Base(name) != name {
+			unmap()
+			return nil, nil, fmt.Errorf("pages file name %q", name)
+		}
+		off := uint64(k) * part
+		n := min(part, mm.PagesSize-off)
+		if err := mapPart(filepath.Join(dir, name), &res[off], n); err != nil {
+			unmap()
+			return nil, nil, err
+		}
+	}
+	return res, unmap, nil
+}
+
+// mapPart maps the first n bytes of the file at path at addr (MAP_FIXED,
+// inside a reservation of the caller).
+func mapPart(path string, addr *byte, n uint64) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || uint64(fi.Size()) < n {
+		return fmt.Errorf("pages file %s is shorter than %d bytes", filepath.Base(path), n)
+	}
+	_, _, e := unix.Syscall6(unix.SYS_MMAP, uintptr(unsafe.Pointer(addr)), uintptr(n), unix.PROT_READ,
+		unix.MAP_PRIVATE|unix.MAP_FIXED|unix.MAP_POPULATE, f.Fd(), 0)
+	if e != 0 {
+		return fmt.Errorf("map %s: %w", filepath.Base(path), e)
+	}
+	return nil
 }

@@ -77,6 +77,7 @@ func Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) {
 
 	d := &dumper{opts: opts, byPid: map[int]*dtask{}, files: newFileTable(), shmems: newShmemTable(opts.ImageDir)}
 	d.files.shmems = d.shmems
+	d.files.stdioIDs = opts.Stdio
 	d.pages = newPagePool()
 	defer d.pages.release()
 	err := d.run(ctx)

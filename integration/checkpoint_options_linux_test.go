@@ -28,8 +28,12 @@ var runcShimCryo = ckRuntime{name: "runcshim", flags: func(d *harness.Daemon) []
 	return runcShimCryoFlags(d, d.Snapshotter, d.Bins().Cryo)
 }}
 
+var cryoShimCk = ckRuntime{name: "cryoshim", flags: func(d *harness.Daemon) []string {
+	return cryoRT.runFlags(d)
+}}
+
 // ckRuntimes are the runtimes the containerd checkpoint scenarios run on.
-var ckRuntimes = []ckRuntime{runcShimCryo}
+var ckRuntimes = []ckRuntime{runcShimCryo, cryoShimCk}
 
 func forEachCkRuntime(t *testing.T, f func(t *testing.T, r ckRuntime)) {
 	for _, r := range ckRuntimes {

@@ -49,6 +49,7 @@ type dumper struct {
 	files  *fileTable
 	shmems *shmemTable
 	result DumpResult
+	pages  *pagePool // copy buffers (pages_linux.go)
 }
 
 const scratchSize = 4 * image.PageSize
@@ -76,6 +77,8 @@ func Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) {
 
 	d := &dumper{opts: opts, byPid: map[int]*dtask{}, files: newFileTable(), shmems: newShmemTable(opts.ImageDir)}
 	d.files.shmems = d.shmems
+	d.pages = newPagePool()
+	defer d.pages.release()
 	err := d.run(ctx)
 	if err == nil && opts.Commit != nil {
 		if err = opts.Commit(&d.result); err != nil {
@@ -320,7 +323,7 @@ func (d *dumper) waitSeized(t *dtask, th *tracee) error {
 	if err != nil {
 		return err
 	}
-	th.regs = regs
+	th.regs, th.haveRegs = regs, true
 	if th.sigmask, err = ptrace.GetSigmask(th.tid); err != nil {
 		return err
 	}
@@ -360,7 +363,9 @@ func (d *dumper) finish(ok bool) error {
 			}
 		}
 		for _, th := range t.threads {
-			if !kill {
+			// Registers are put back only if they were read: a thread
+			// interrupted but never waited for has nothing to put back.
+			if !kill && th.haveRegs {
 				if err := ptrace.SetRegs(th.tid, &th.regs); err != nil {
 					errs = append(errs, err)
 				}
@@ -896,16 +901,20 @@ func (d *dumper) dumpMm(t *dtask, maps []procfs.Mapping) (*image.Mm, error) {
 	if err != nil {
 		return nil, err
 	}
-	name := image.PagesFile(t.nspid)
-	pf, err := os.OpenFile(filepath.Join(d.opts.ImageDir, name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	defer pf.Close()
 	if err := lead.openMem(); err != nil {
 		return nil, err
 	}
-	pw := newPageWriter(t.pid, pf, lead.mem)
+	name := image.PagesFile(t.nspid)
+	pw, err := newPageWriter(t.pid, lead.mem, d.pages, d.opts.HashPages, func(k int) (*os.File, error) {
+		n := name
+		if k > 0 {
+			n = image.PagesPartFile(t.nspid, k)
+		}
+		return os.OpenFile(filepath.Join(d.opts.ImageDir, n), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	})
+	if err != nil {
+		return nil, err
+	}
 	defer pw.release()
 	ri := 0
 	for _, m := range maps {
@@ -940,16 +949,27 @@ func (d *dumper) dumpMm(t *dtask, maps []procfs.Mapping) (*image.Mm, error) {
 		}
 		mm.Vmas = append(mm.Vmas, *v)
 	}
-	if err := pw.flush(); err != nil {
+	parts, digests, err := pw.finish()
+	if err != nil {
 		return nil, err
 	}
-	if err := pf.Close(); err != nil {
-		return nil, err
+	files := []string{name}
+	for k := 1; k < parts; k++ {
+		files = append(files, image.PagesPartFile(t.nspid, k))
+	}
+	if parts > 1 {
+		mm.PagesParts, mm.PagesPartSize = files[1:], pagesPartSize
+	}
+	for k, dg := range digests {
+		if d.result.PageDigests == nil {
+			d.result.PageDigests = map[string]string{}
+		}
+		d.result.PageDigests[files[k]] = dg
 	}
 	mm.PagesFile, mm.PagesSize = name, pw.off
 	t.info.MemBytes = pw.off
 	d.result.PageBytes += pw.off
-	d.result.PageFiles = append(d.result.PageFiles, name)
+	d.result.PageFiles = append(d.result.PageFiles, files...)
 	if err := mm.Validate(); err != nil {
 		return nil, err
 	}

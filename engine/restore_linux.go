@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"runtime"
 	"sort"
 	"unsafe"
@@ -825,22 +824,11 @@ func (r *restorer) writePages(rt *rtask) error {
 	if mm.PagesFile == "" || mm.PagesSize == 0 {
 		return nil
 	}
-	if filepath.Base(mm.PagesFile) != mm.PagesFile {
-		return fmt.Errorf("pages file name %q", mm.PagesFile)
-	}
-	f, err := os.Open(filepath.Join(r.opts.ImageDir, mm.PagesFile))
+	data, unmap, err := mapPages(r.opts.ImageDir, mm)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	if fi, err := f.Stat(); err != nil || uint64(fi.Size()) < mm.PagesSize {
-		return fmt.Errorf("pages file %s is shorter than %d bytes", mm.PagesFile, mm.PagesSize)
-	}
-	data, err := unix.Mmap(int(f.Fd()), 0, int(mm.PagesSize), unix.PROT_READ, unix.MAP_PRIVATE|unix.MAP_POPULATE)
-	if err != nil {
-		return fmt.Errorf("map %s: %w", mm.PagesFile, err)
-	}
-	defer unix.Munmap(data)
+	defer unmap()
 	t := rt.lead()
 	if err := t.openMem(); err != nil {
 		return err

@@ -3,6 +3,7 @@ package image
 import (
 	"fmt"
 	"math"
+	"strings"
 )
 
 // maxPid bounds PIDs (PID_MAX_LIMIT on 64-bit kernels).
@@ -235,6 +236,21 @@ func (mm *Mm) Validate() error {
 	}
 	if len(mm.Auxv) > 1024 {
 		return bad("auxv of %d words", len(mm.Auxv))
+	}
+	if len(mm.PagesParts) > 0 {
+		n := uint64(len(mm.PagesParts))
+		if mm.PagesPartSize == 0 || mm.PagesPartSize%PageSize != 0 || mm.PagesFile == "" ||
+			mm.PagesPartSize > ^uint64(0)/(n+1) ||
+			mm.PagesSize <= n*mm.PagesPartSize || mm.PagesSize > (n+1)*mm.PagesPartSize {
+			return bad("pages file of %d bytes in %d parts of %d bytes", mm.PagesSize, n+1, mm.PagesPartSize)
+		}
+		for _, name := range mm.PagesParts {
+			if name == "" || strings.ContainsRune(name, '/') || name == "." || name == ".." {
+				return bad("pages part name %q", name)
+			}
+		}
+	} else if mm.PagesPartSize != 0 {
+		return bad("pages part size without parts")
 	}
 	return nil
 }

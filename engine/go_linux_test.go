@@ -93,6 +93,18 @@ func TestDumpRestoreGo(t *testing.T) {
 	})
 }
 
+// socketFds counts the socket fds of pid.
+func socketFds(pid int) int {
+	ents, _ := os.ReadDir(filepath.Join("/proc", strconv.Itoa(pid), "fd"))
+	n := 0
+	for _, e := range ents {
+		if l, err := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "fd", e.Name())); err == nil && strings.HasPrefix(l, "socket:") {
+			n++
+		}
+	}
+	return n
+}
+
 func httpGet(t *testing.T, url string) (served, ticks int64) {
 	t.Helper()
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
@@ -131,6 +143,9 @@ func TestDumpRestoreGoHTTPServer(t *testing.T) {
 	if s2 != s1+1 || t2 < t1 {
 		t.Fatalf("server answers %d %d then %d %d", s1, t1, s2, t2)
 	}
+	// Idle: the server has closed the connections of those requests (a
+	// connection half closed by the client would be refused, by design).
+	waitFor(t, "the server to close its connections", func() bool { return socketFds(cmd.Process.Pid) == 1 })
 	img := filepath.Join(dir, "img")
 	if _, err := Dump(context.Background(), DumpOptions{Pid: cmd.Process.Pid, Freezer: fz, ImageDir: img}); err != nil {
 		t.Fatalf("dump: %v", err)

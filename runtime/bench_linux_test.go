@@ -192,18 +192,18 @@ func (p *phases) report(b *testing.B) {
 
 // workloads are the containers checkpointed and restored: a process with
 // touched memory of each size, and a 50-process tree (1 MiB each).
-type workload struct {
+type benchWorkload struct {
 	name string
 	args []string
 	mem  int64 // touched bytes
 }
 
-func benchWorkloads() []workload {
-	var out []workload
+func benchWorkloads() []benchWorkload {
+	var out []benchWorkload
 	for _, sz := range benchSizes {
-		out = append(out, workload{sz.name, []string{"/bin/benchhog", "mem", strconv.Itoa(sz.mib)}, int64(sz.mib) << 20})
+		out = append(out, benchWorkload{sz.name, []string{"/bin/benchhog", "mem", strconv.Itoa(sz.mib)}, int64(sz.mib) << 20})
 	}
-	return append(out, workload{fmt.Sprintf("tree%d", benchTreeProcs),
+	return append(out, benchWorkload{fmt.Sprintf("tree%d", benchTreeProcs),
 		[]string{"/bin/benchhog", "tree", strconv.Itoa(benchTreeProcs), "1"}, benchTreeProcs << 20})
 }
 

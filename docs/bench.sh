@@ -25,7 +25,7 @@ echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT"
 echo
 # The table: one row per benchmark, its metrics as columns (name=value).
 awk '
-/^Benchmark/ {
+/^Benchmark/ && $2 ~ /^[0-9]+$/ {
 	name = $1; sub(/-[0-9]+$/, "", name); sub(/^Benchmark/, "", name)
 	row = sprintf("%-34s", name)
 	for (i = 3; i + 1 <= NF; i += 2) {

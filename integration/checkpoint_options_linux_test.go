@@ -28,8 +28,12 @@ var runcShimCryo = ckRuntime{name: "runcshim", flags: func(d *harness.Daemon) []
 	return runcShimCryoFlags(d, d.Snapshotter, d.Bins().Cryo)
 }}
 
+var cryoShimCk = ckRuntime{name: "cryoshim", flags: func(d *harness.Daemon) []string {
+	return cryoRT.runFlags(d)
+}}
+
 // ckRuntimes are the runtimes the containerd checkpoint scenarios run on.
-var ckRuntimes = []ckRuntime{runcShimCryo}
+var ckRuntimes = []ckRuntime{runcShimCryo, cryoShimCk}
 
 func forEachCkRuntime(t *testing.T, f func(t *testing.T, r ckRuntime)) {
 	for _, r := range ckRuntimes {
@@ -129,6 +133,14 @@ func TestCheckpointOptions(t *testing.T) {
 			t.Fatalf("checkpoint with empty_namespaces: %v, want refused as not supported", err)
 		}
 		t.Logf("empty_namespaces refused: %v", err)
+		// the runc shim names the log runc leaves (<work>/dump.log, copied next to the
+		// bundle): cryo's error is there
+		if _, p, ok := strings.Cut(err.Error(), "path= "); ok {
+			data, rerr := os.ReadFile(strings.Fields(p)[0])
+			if rerr != nil || !strings.Contains(string(data), "empty") {
+				t.Fatalf("dump log %s named by the error: %q (%v)", p, data, rerr)
+			}
+		}
 		if ti := waitStatus(t, d, id, "RUNNING"); ti.pid != pid {
 			t.Fatalf("task pid %d after a refused checkpoint, was %d", ti.pid, pid)
 		}

@@ -71,37 +71,58 @@ var checkpointCommand = &cli.Command{
 	}, crFlags...),
 	Subcommands: []*cli.Command{checkpointLsCommand, checkpointRmCommand},
 	Action: func(ctx *cli.Context) error {
-		if err := checkArgs(ctx, 1); err != nil {
-			return err
-		}
-		if err := checkUnsupported(ctx); err != nil {
-			return err
-		}
-		c, err := loadContainer(ctx)
+		err := checkpoint(ctx)
 		if err != nil {
-			return err
+			writeWorkLog(ctx.String("work-path"), "dump.log", err)
 		}
-		image := ctx.String("image-path")
-		if image == "" {
-			if ctx.String("archive") != "" {
-				dir, err := os.MkdirTemp(filepath.Dir(ctx.String("archive")), ".cryo-layout-")
-				if err != nil {
-					return err
-				}
-				defer os.RemoveAll(dir)
-				image = filepath.Join(dir, "image")
-			} else {
-				image = "checkpoint"
-			}
-		}
-		_, err = c.Checkpoint(ctx.Context, runtime.CheckpointOpts{
-			ImagePath: image, Archive: ctx.String("archive"), WorkPath: ctx.String("work-path"),
-			ParentPath: ctx.String("parent-path"), Name: ctx.String("name"),
-			LeaveRunning: ctx.Bool("leave-running"), TCPEstablished: ctx.Bool("tcp-established"),
-			ExtUnixSockets: ctx.Bool("ext-unix-sk"), ShellJob: ctx.Bool("shell-job"), FileLocks: ctx.Bool("file-locks"),
-		})
 		return err
 	},
+}
+
+// writeWorkLog leaves the error of a failed checkpoint in the work directory as
+// dump.log, where runc leaves CRIU's log: containerd's runc shim copies it next
+// to the bundle and names it in the error it returns.
+func writeWorkLog(dir, name string, failure error) {
+	if dir == "" {
+		return
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return
+	}
+	_ = os.WriteFile(filepath.Join(dir, name), []byte("cryo: "+failure.Error()+"\n"), 0o600)
+}
+
+func checkpoint(ctx *cli.Context) error {
+	if err := checkArgs(ctx, 1); err != nil {
+		return err
+	}
+	if err := checkUnsupported(ctx); err != nil {
+		return err
+	}
+	c, err := loadContainer(ctx)
+	if err != nil {
+		return err
+	}
+	image := ctx.String("image-path")
+	if image == "" {
+		if ctx.String("archive") != "" {
+			dir, err := os.MkdirTemp(filepath.Dir(ctx.String("archive")), ".cryo-layout-")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(dir)
+			image = filepath.Join(dir, "image")
+		} else {
+			image = "checkpoint"
+		}
+	}
+	_, err = c.Checkpoint(ctx.Context, runtime.CheckpointOpts{
+		ImagePath: image, Archive: ctx.String("archive"), WorkPath: ctx.String("work-path"),
+		ParentPath: ctx.String("parent-path"), Name: ctx.String("name"),
+		LeaveRunning: ctx.Bool("leave-running"), TCPEstablished: ctx.Bool("tcp-established"),
+		ExtUnixSockets: ctx.Bool("ext-unix-sk"), ShellJob: ctx.Bool("shell-job"), FileLocks: ctx.Bool("file-locks"),
+	})
+	return err
 }
 
 var checkpointLsCommand = &cli.Command{

@@ -711,8 +711,26 @@ func (d *dumper) dumpTask(ctx context.Context, t *dtask) error {
 	if rec.Mm, err = d.dumpMm(t, maps); err != nil {
 		return err
 	}
-	if rec.Fds, err = d.files.dumpFds(t); err != nil {
-		return err
+	// A process created with CLONE_FILES shares its parent's fd table: the
+	// parent's record holds the fds, the child is cloned sharing it again.
+	const kcmpFiles = 2
+	if p := t.parent; p != nil && !p.zombie {
+		if same, err := kcmp(t.pid, p.pid, kcmpFiles, 0, 0); err == nil && same == 0 {
+			rec.FilesFrom = p.nspid
+		}
+	}
+	if rec.FilesFrom == 0 {
+		for _, e := range d.tasks {
+			if e == t || e.zombie || e.rec == nil {
+				continue
+			}
+			if same, err := kcmp(t.pid, e.pid, kcmpFiles, 0, 0); err == nil && same == 0 {
+				return fmt.Errorf("%w: it shares its fd table with pid %d, which is not its parent", ErrUnsupported, e.nspid)
+			}
+		}
+		if rec.Fds, err = d.files.dumpFds(t); err != nil {
+			return err
+		}
 	}
 	for _, f := range rec.Fds {
 		if f.Path != "" {

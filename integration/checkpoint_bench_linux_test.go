@@ -78,7 +78,7 @@ var memImageOnce struct {
 }
 
 // memImageTar builds the workload image once per test binary.
-func memImageTar(b *testing.B) string {
+func memImageTar(b testing.TB) string {
 	memImageOnce.Do(func() {
 		img, err := harness.GoProgramSourceImage(context.Background(), memImage, "mem", memProgram, false)
 		if err != nil {
@@ -100,7 +100,7 @@ func memImageTar(b *testing.B) string {
 }
 
 // waitFile waits until path exists.
-func waitFile(b *testing.B, path string) {
+func waitFile(b testing.TB, path string) {
 	b.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {

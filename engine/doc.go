@@ -71,7 +71,8 @@
 // TCP and MPTCP listeners, UDP sockets, established TCP connections with
 // DumpOptions.TCPEstablished (TCP_REPAIR), eventfd, epoll (targets),
 // signalfd, timerfd, inotify (watches; queued events are lost), memfd; open file
-// descriptions shared between fds and processes stay shared; the tree's
+// descriptions shared between fds and processes stay shared, and so does an
+// fd table shared with the parent (CLONE_FILES); the tree's
 // external stdio is reconnected to RestoreOptions.Stdio. The clocks are
 // recorded so that a time namespace (RestoreTimeOffsets) hides the downtime.
 //

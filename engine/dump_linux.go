@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
@@ -19,6 +20,11 @@ import (
 	"github.com/cryo-run/cryo/engine/internal/procfs"
 	"github.com/cryo-run/cryo/engine/internal/ptrace"
 )
+
+// errVfork says a process of the tree is waiting for a vfork child to exec.
+var errVfork = errors.New("a process is between vfork and exec")
+
+const kcmpVM = 1 // KCMP_VM
 
 // dtask is one process of the tree being dumped.
 type dtask struct {
@@ -75,11 +81,26 @@ func Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
-	d := &dumper{opts: opts, byPid: map[int]*dtask{}, files: newFileTable(), shmems: newShmemTable(opts.ImageDir)}
-	d.files.shmems = d.shmems
-	d.pages = newPagePool()
-	defer d.pages.release()
-	err := d.run(ctx)
+	var d *dumper
+	var err error
+	// The copy buffers, shared by every task and every attempt.
+	pages := newPagePool()
+	defer pages.release()
+	// A process caught between vfork and exec cannot stop until its child
+	// execs: let the tree run a moment and start again.
+	for attempt := 0; ; attempt++ {
+		d = &dumper{opts: opts, byPid: map[int]*dtask{}, files: newFileTable(), shmems: newShmemTable(opts.ImageDir), pages: pages}
+		d.files.shmems = d.shmems
+		err = d.run(ctx)
+		if !errors.Is(err, errVfork) || attempt == 100 {
+			break
+		}
+		if ferr := d.finish(false); ferr != nil {
+			err = errors.Join(err, ferr)
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
 	if err == nil && opts.Commit != nil {
 		if err = opts.Commit(&d.result); err != nil {
 			err = fmt.Errorf("commit image: %w", err)
@@ -235,6 +256,17 @@ func (d *dumper) seizeTree() error {
 			t.zombie = true
 			continue
 		}
+		// A process in vfork waits, uninterruptibly, for its child to exec
+		// or exit; interrupted, it would never report its stop.
+		if tids0, err := listTids(pid); err == nil {
+			if kids, err := listChildren(pid, tids0); err == nil {
+				for _, k := range kids {
+					if same, err := kcmp(pid, k, kcmpVM, 0, 0); err == nil && same == 0 {
+						return fmt.Errorf("pid %d (child %d): %w", pid, k, errVfork)
+					}
+				}
+			}
+		}
 		// Seize threads until the list is stable (a thread may be cloned
 		// while we attach when the tree is not frozen).
 		seized := map[int]bool{}
@@ -335,6 +367,7 @@ func (d *dumper) waitSeized(t *dtask, th *tracee) error {
 func (d *dumper) finish(ok bool) error {
 	kill := ok && !d.opts.LeaveRunning
 	var errs []error
+	var late []*tracee
 	if err := d.files.releaseSockets(kill); err != nil {
 		errs = append(errs, err)
 	}
@@ -406,7 +439,14 @@ func (d *dumper) finish(ok bool) error {
 	} else {
 		for _, t := range d.tasks {
 			for _, th := range t.threads {
-				if err := ptrace.Detach(th.tid, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+				err := ptrace.Detach(th.tid, 0)
+				if errors.Is(err, unix.ESRCH) && !kill && !th.haveRegs {
+					// Interrupted but not stopped yet (a v1-frozen task
+					// stops only once thawed): detached below.
+					late = append(late, th)
+					continue
+				}
+				if err != nil && !errors.Is(err, unix.ESRCH) {
 					errs = append(errs, err)
 				}
 			}
@@ -425,8 +465,44 @@ func (d *dumper) finish(ok bool) error {
 		}
 		d.frozen = false
 	}
+	for _, th := range late {
+		if err := waitStopAndDetach(th.tid, 5*time.Second); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	d.files.close()
 	return errors.Join(errs...)
+}
+
+// waitStopAndDetach waits (polling, up to timeout) for the pending stop of
+// an interrupted thread that was never waited for, and detaches it.
+func waitStopAndDetach(tid int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		var ws unix.WaitStatus
+		n, err := unix.Wait4(tid, &ws, unix.WALL|unix.WNOHANG, nil)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err != nil:
+			return fmt.Errorf("wait for %d: %w", tid, err)
+		case n == tid && (ws.Exited() || ws.Signaled()):
+			return nil
+		case n == tid && ws.Stopped():
+			sig := 0
+			if ptrace.Event(ws) == 0 {
+				sig = int(ws.StopSignal()) // a signal-delivery stop: deliver it
+			}
+			if err := ptrace.Detach(tid, sig); err != nil && !errors.Is(err, unix.ESRCH) {
+				return err
+			}
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("thread %d did not stop within %v: it stays traced until the engine exits", tid, timeout)
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
 }
 
 // waitGone collects the ptrace notifications of a killed tracee until it is
@@ -634,8 +710,26 @@ func (d *dumper) dumpTask(ctx context.Context, t *dtask) error {
 	if rec.Mm, err = d.dumpMm(t, maps); err != nil {
 		return err
 	}
-	if rec.Fds, err = d.files.dumpFds(t); err != nil {
-		return err
+	// A process created with CLONE_FILES shares its parent's fd table: the
+	// parent's record holds the fds, the child is cloned sharing it again.
+	const kcmpFiles = 2
+	if p := t.parent; p != nil && !p.zombie {
+		if same, err := kcmp(t.pid, p.pid, kcmpFiles, 0, 0); err == nil && same == 0 {
+			rec.FilesFrom = p.nspid
+		}
+	}
+	if rec.FilesFrom == 0 {
+		for _, e := range d.tasks {
+			if e == t || e.zombie || e.rec == nil {
+				continue
+			}
+			if same, err := kcmp(t.pid, e.pid, kcmpFiles, 0, 0); err == nil && same == 0 {
+				return fmt.Errorf("%w: it shares its fd table with pid %d, which is not its parent", ErrUnsupported, e.nspid)
+			}
+		}
+		if rec.Fds, err = d.files.dumpFds(t); err != nil {
+			return err
+		}
 	}
 	for _, f := range rec.Fds {
 		if f.Path != "" {

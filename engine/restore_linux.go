@@ -465,7 +465,16 @@ func (r *restorer) clone3(t *tracee, flags uint64, exitSignal uint64, want int) 
 
 func (r *restorer) cloneTask(rt *rtask) error {
 	parent := rt.parent.lead()
-	child, err := r.clone3(parent, 0, uint64(unix.SIGCHLD), rt.rec.Pid)
+	flags := uint64(0)
+	if rt.rec.FilesFrom != 0 {
+		if rt.rec.FilesFrom != rt.parent.rec.Pid {
+			return fmt.Errorf("%w: fd table shared with pid %d, not with the parent", ErrUnsupported, rt.rec.FilesFrom)
+		}
+		// One fd table for both: temporary fds of the child must stay
+		// clear of the numbers the parent restores.
+		flags, rt.base = unix.CLONE_FILES, rt.parent.base
+	}
+	child, err := r.clone3(parent, flags, uint64(unix.SIGCHLD), rt.rec.Pid)
 	if err != nil {
 		return err
 	}
@@ -600,8 +609,10 @@ func (r *restorer) makeZombie(rt *rtask) error {
 func (r *restorer) restoreMm(rt *rtask) error {
 	t := rt.lead()
 	mm := rt.rec.Mm
-	if err := r.cleanStubFds(rt); err != nil {
-		return err
+	if rt.rec.FilesFrom == 0 { // a shared table was cleaned by its parent
+		if err := r.cleanStubFds(rt); err != nil {
+			return err
+		}
 	}
 	maps, err := procfs.ReadMaps(rt.hostPid)
 	if err != nil {

@@ -320,3 +320,50 @@ func TestDumpRestoreSocketpair(t *testing.T) {
 		t.Fatalf("child read %q after restore, want the queued bytes then end of file", got)
 	}
 }
+
+// TestDumpRestoreSharedFdTable checks two processes sharing one fd table
+// (CLONE_FILES): after restore an fd the child opens shows up in the parent.
+func TestDumpRestoreSharedFdTable(t *testing.T) {
+	testutil.RequiresRoot(t)
+	bin := buildC(t, "clonefiles")
+	dir := t.TempDir()
+	fz := newCgroupFreezer(t)
+	cmd := startInNewPidns(t, fz, bin, dir)
+	waitFor(t, "both processes to count", func() bool {
+		p, ok1 := readInts(filepath.Join(dir, "parent"), 1)
+		c, ok2 := readInts(filepath.Join(dir, "child"), 1)
+		return ok1 && ok2 && p[0] > 10 && c[0] > 10
+	})
+	img := filepath.Join(dir, "img")
+	if _, err := Dump(context.Background(), DumpOptions{Pid: cmd.Process.Pid, Freezer: fz, ImageDir: img}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	_ = cmd.Wait()
+	stub := startStub(t)
+	res, err := Restore(context.Background(), RestoreOptions{ImageDir: img, Pid: stub.Process.Pid})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	if len(res.Pids) != 2 {
+		t.Fatalf("restored %v, want two processes", res.Pids)
+	}
+	var hosts []int
+	for _, h := range res.Pids {
+		hosts = append(hosts, h)
+	}
+	if same, err := kcmp(hosts[0], hosts[1], 2 /* KCMP_FILES */, 0, 0); err != nil || same != 0 {
+		t.Fatalf("restored processes do not share their fd table (kcmp %d, %v)", same, err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "go"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	waitFor(t, "the parent to look for the child's fd", func() bool {
+		data, err := os.ReadFile(filepath.Join(dir, "result"))
+		got = string(data)
+		return err == nil && strings.HasSuffix(got, "\n")
+	})
+	if !strings.HasPrefix(got, "shared ") {
+		t.Fatalf("result %q: the fd the child opened is not in the parent's table", got)
+	}
+}

@@ -18,7 +18,7 @@ import (
 )
 
 // counterLoop writes an increasing counter to /tmp/c every 20 ms.
-const counterLoop = `trap 'exit 42' TERM; i=0; while :; do i=$((i+1)); echo $i > /tmp/c; sleep 0.02; done`
+const counterLoop = `trap 'exit 42' TERM; i=0; while :; do i=$((i+1)); echo $i > /tmp/c.new; mv /tmp/c.new /tmp/c; sleep 0.02; done`
 
 // readCounter reads the container's /tmp/c from the host through /proc/<init>/root, which works
 // even while the container is frozen.

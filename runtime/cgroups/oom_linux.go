@@ -88,7 +88,13 @@ func watchMemoryEvents(ctx context.Context, file string) (<-chan struct{}, error
 		if err != nil {
 			return 0, err
 		}
-		return parseKeyed(s)["oom_kill"], nil
+		n, ok := parseKeyed(s)["oom_kill"]
+		if !ok {
+			// A file caught while it is rewritten (only a plain file can
+			// be: cgroupfs reads are atomic) says nothing yet.
+			return 0, fmt.Errorf("%s: no oom_kill count", file)
+		}
+		return n, nil
 	}
 	last, err := count()
 	if err != nil {

@@ -242,7 +242,7 @@ func (w *workload) ints(name string, n, total int) ([]int64, bool) {
 // waitInts waits until /tmp/<name> holds ints satisfying ok.
 func (w *workload) waitInts(name string, n, total int, ok func([]int64) bool) []int64 {
 	w.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	var last []int64
 	for time.Now().Before(deadline) {
 		if v, found := w.ints(name, n, total); found {
@@ -266,7 +266,7 @@ func (w *workload) heapCheck(prefix string) string {
 	if err := os.WriteFile(filepath.Join(w.rootfs, "tmp", prefix+".check"), nil, 0o644); err != nil {
 		w.t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		if b, err := os.ReadFile(out); err == nil && len(b) > 0 && b[len(b)-1] == '\n' {
 			return strings.TrimSpace(string(b))

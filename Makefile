@@ -11,6 +11,10 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X main.version=$(VERSION)
 PACKAGES   = $(shell $(GO) list ./... | grep -v /integration)
 BINARIES   = bin/cryo bin/containerd-shim-cryo-v2
+# As containerd builds its runc shim: static, no grpc server code, no CLI doc generators (smaller
+# RSS). Its containers' inits are bin/cryo's (installed next to it), which carries the cgo
+# nsenter constructor.
+SHIM_TAGS  = urfave_cli_no_docs,no_grpc
 export PATH := /usr/local/go/bin:$(PATH)
 
 .PHONY: all binaries build test unit-test root-test integration bench demo install uninstall \
@@ -27,7 +31,7 @@ bin/cryo: FORCE
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/cryo
 
 bin/containerd-shim-cryo-v2: FORCE
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/containerd-shim-cryo-v2
+	CGO_ENABLED=0 $(GO) build -trimpath -tags '$(SHIM_TAGS)' -ldflags '$(LDFLAGS)' -o $@ ./cmd/containerd-shim-cryo-v2
 
 test: binaries ## run every test: unit, root (engine, runtime) and integration (real containerd)
 	$(GOTEST) -count=1 -p 1 -timeout 60m $(TESTFLAGS) ./...

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -70,6 +71,24 @@ func runtimeRoot(r *taskAPI.CreateTaskRequest, ns string) (string, error) {
 	return filepath.Join(r.Bundle, "cryo"), nil
 }
 
+// cryoInit is the init command of the shim's containers: `cryo init`, with the cryo binary
+// installed next to the shim or on PATH. cryo carries the runtime's cgo nsenter constructor
+// (joining user and time namespaces before the Go runtime starts), which keeps the shim itself a
+// static binary. Without cryo the shim re-executes itself (nil), and exec into containers
+// with their own user or time namespace falls back to the runtime's nsenter ELF.
+func cryoInit() []string {
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), "cryo")
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return []string{p, "init"}
+		}
+	}
+	if p, err := exec.LookPath("cryo"); err == nil {
+		return []string{p, "init"}
+	}
+	return nil
+}
+
 func createContainer(ctx context.Context, s *service, r *taskAPI.CreateTaskRequest) (_ *container, retErr error) {
 	root, err := runtimeRoot(r, s.ns)
 	if err != nil {
@@ -78,6 +97,9 @@ func createContainer(ctx context.Context, s *service, r *taskAPI.CreateTaskReque
 	rt, err := runtime.New(root)
 	if err != nil {
 		return nil, err
+	}
+	if cmd := cryoInit(); cmd != nil {
+		rt.InitCommand = cmd
 	}
 	if err := writeFileAtomic(filepath.Join(r.Bundle, rootFile), []byte(root)); err != nil {
 		return nil, err

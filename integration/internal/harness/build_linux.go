@@ -159,18 +159,24 @@ func Build(ctx context.Context, outDir string, logf BuildLog) (*Binaries, error)
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
 		return nil, err
 	}
-	// Built as the Makefile builds them: with cgo, which links the runtime's nsenter
-	// constructor (joining user and time namespaces before the Go runtime starts).
-	for out, pkg := range map[string]string{b.Cryo: "./cmd/cryo", b.CryoShim: "./cmd/containerd-shim-cryo-v2"} {
-		if err := goBuild(ctx, root, nil, out, "build", "-trimpath", pkg); err != nil {
-			return nil, err
-		}
+	// cryo is built with cgo, which links the runtime's nsenter constructor (joining user and
+	// time namespaces before the Go runtime starts).
+	// The shim is built as the Makefile builds it: static (no cgo), without grpc and the CLI
+	// doc generators, as containerd builds its runc shim; its containers' inits are cryo's.
+	if err := goBuild(ctx, root, nil, b.Cryo, "build", "-trimpath", "./cmd/cryo"); err != nil {
+		return nil, err
+	}
+	if err := goBuild(ctx, root, []string{"CGO_ENABLED=0"}, b.CryoShim, "build", "-trimpath", "-tags", ShimTags, "./cmd/containerd-shim-cryo-v2"); err != nil {
+		return nil, err
 	}
 	if b.Runc, err = exec.LookPath("runc"); err != nil {
 		return nil, fmt.Errorf("runc (Debian package runc) not found: %w", err)
 	}
 	return b, nil
 }
+
+// ShimTags are the build tags of containerd-shim-cryo-v2 (the Makefile's SHIM_TAGS).
+const ShimTags = "urfave_cli_no_docs,no_grpc"
 
 // goBuild runs `go <args> -o out` in dir, writing to a temporary name first so an interrupted
 // build never leaves a truncated binary in the cache.

@@ -53,7 +53,8 @@ func main() {
 				}
 			}
 			os.Remove("/tmp/verify")
-			os.WriteFile("/tmp/verified", []byte(fmt.Sprintf("bad %d", bad)), 0o644)
+			os.WriteFile("/tmp/verified.new", []byte(fmt.Sprintf("bad %d", bad)), 0o644)
+			os.Rename("/tmp/verified.new", "/tmp/verified")
 		}
 		if _, err := os.Stat("/tmp/dirty"); err != nil {
 			continue

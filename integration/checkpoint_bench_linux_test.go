@@ -53,7 +53,8 @@ func main() {
 				}
 			}
 			os.Remove("/tmp/verify")
-			os.WriteFile("/tmp/verified", []byte(fmt.Sprintf("bad %d", bad)), 0o644)
+			os.WriteFile("/tmp/verified.new", []byte(fmt.Sprintf("bad %d", bad)), 0o644)
+			os.Rename("/tmp/verified.new", "/tmp/verified")
 		}
 		if _, err := os.Stat("/tmp/dirty"); err != nil {
 			continue
@@ -85,12 +86,8 @@ func memImageTar(b testing.TB) string {
 			memImageOnce.err = err
 			return
 		}
-		dir, err := os.MkdirTemp("", "cryo-it-images-mem-")
-		if err != nil {
-			memImageOnce.err = err
-			return
-		}
-		memImageOnce.tar = filepath.Join(dir, "mem.tar")
+		// beside the busybox image, in the directory TestMain removes
+		memImageOnce.tar = filepath.Join(filepath.Dir(env.busyboxTar), "mem.tar")
 		memImageOnce.err = img.WriteArchiveFile(memImageOnce.tar)
 	})
 	if memImageOnce.err != nil {

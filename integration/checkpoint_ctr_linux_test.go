@@ -43,7 +43,7 @@ func TestTaskCheckpoint(t *testing.T) {
 
 // markedLoop is tokenLoop that first leaves its token in /tmp/marker, a file only the rw layer
 // of a checkpoint brings back.
-const markedLoop = `tok=$RANDOM$RANDOM$RANDOM; echo $tok > /tmp/marker; i=0; while :; do i=$((i+1)); read p _ < /proc/self/stat; echo "$p $tok $i" > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; sleep 0.05; done`
+const markedLoop = `tok=$RANDOM$RANDOM$RANDOM; echo $tok > /tmp/marker; i=0; while :; do i=$((i+1)); read p _ < /proc/self/stat; echo "$p $tok $i" > /state/counter.new; mv /state/counter.new /state/counter; sleep 0.05; done`
 
 // TestCtrCheckpointRW checkpoints with `ctr c checkpoint --task --rw --image` (the task is
 // paused around it and runs on), kills the original and restores with `ctr c restore --live
@@ -63,6 +63,7 @@ func TestCtrCheckpointRW(t *testing.T) {
 		}
 		removeContainer(t, d, id)
 		waitGone(t, pid)
+		forgetCounter(t, id)
 
 		newID := ckID(t, "r")
 		start := time.Now()

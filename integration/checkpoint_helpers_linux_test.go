@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -24,9 +25,12 @@ import (
 // The token lives only in the shell's memory: a container that shows the same token with a
 // count at least the checkpointed one was restored, not restarted (a restart draws a new token
 // and counts from 1).
+// The files live in /state: a host directory bind-mounted by the containerd tests (a volume,
+// which a restore mounts again, so a checkpoint taken while the shell has /state/counter.new
+// open restores without its rootfs changes), the bundle's rootfs for the cryo CLI tests.
 // The PID written is the shell's real one in its namespace (from /proc/self/stat, read by the
 // shell itself), not $$, which a restored shell would remember whatever its PID.
-const tokenLoop = `tok=$RANDOM$RANDOM$RANDOM; i=0; while :; do i=$((i+1)); read p _ < /proc/self/stat; echo "$p $tok $i" > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; sleep 0.05; done`
+const tokenLoop = `tok=$RANDOM$RANDOM$RANDOM; i=0; while :; do i=$((i+1)); read p _ < /proc/self/stat; echo "$p $tok $i" > /state/counter.new; mv /state/counter.new /state/counter; sleep 0.05; done`
 
 // tokenTreeLoop is tokenLoop with a long-lived child (a sleep started first) whose PID a restore
 // must also keep.
@@ -44,7 +48,7 @@ func (c reading) String() string { return fmt.Sprintf("pid %d token %s count %d"
 // readToken reads /tmp/counter of the container whose init has host PID pid, through
 // /proc/PID/root (no exec into the container).
 func readToken(pid int) (reading, error) {
-	return readTokenFile(fmt.Sprintf("/proc/%d/root/tmp/counter", pid))
+	return readTokenFile(fmt.Sprintf("/proc/%d/root/state/counter", pid))
 }
 
 // readTokenFile reads a counter file.
@@ -326,3 +330,26 @@ func waitGone(t *testing.T, pid int) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// stateDirs maps container ids to the host directory mounted at /state in them.
+var stateDirs sync.Map
+
+// stateMount makes the host directory for container id's /state and returns the ctr run
+// flag that mounts it.
+func stateMount(t *testing.T, id string) string {
+	t.Helper()
+	dir := t.TempDir()
+	stateDirs.Store(id, dir)
+	return "type=bind,src=" + dir + ",dst=/state,options=rbind:rw"
+}
+
+// forgetCounter removes the counter file the (gone) container id left in its /state, so that
+// what a restored container shows is what it wrote.
+func forgetCounter(t *testing.T, id string) {
+	t.Helper()
+	if dir, ok := stateDirs.Load(id); ok {
+		if err := os.Remove(filepath.Join(dir.(string), "counter")); err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+	}
+}

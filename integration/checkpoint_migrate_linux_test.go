@@ -26,6 +26,7 @@ func exportCheckpoint(t *testing.T, d *harness.Daemon, r ckRuntime, id, ref stri
 	mustCtr(t, d, "images", "rm", ref)
 	removeContainer(t, d, id)
 	waitGone(t, pid)
+	forgetCounter(t, id)
 	return archive, before, after, sleeper
 }
 

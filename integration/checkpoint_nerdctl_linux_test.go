@@ -38,6 +38,7 @@ func TestNerdctlCheckpoint(t *testing.T) {
 		}
 		t.Cleanup(func() { d.Nerdctl(ctx, "rm", "-f", name) })
 		id := strings.TrimSpace(nerd("run", "-d", "--runtime", nerdctlRuntime(d, r), "--network", "none", "--name", name,
+			"-v", t.TempDir()+":/state",
 			busybox, "sh", "-c", tokenLoop))
 		ti := waitStatus(t, d, id, "RUNNING")
 		waitToken(t, ti.pid, 3)

@@ -51,7 +51,7 @@ func ckID(t *testing.T, suffix string) string {
 // end of the test, and returns its task's host PID and a first reading.
 func runToken(t *testing.T, d *harness.Daemon, r ckRuntime, id, script string) (int, reading) {
 	t.Helper()
-	a := append([]string{"run", "-d"}, r.flags(d)...)
+	a := append([]string{"run", "-d", "--mount", stateMount(t, id)}, r.flags(d)...)
 	mustCtr(t, d, append(a, busybox, id, "sh", "-c", script)...)
 	t.Cleanup(func() { removeContainer(t, d, id) })
 	ti := waitStatus(t, d, id, "RUNNING")
@@ -201,6 +201,8 @@ func TestCheckpointOptions(t *testing.T) {
 			t.Fatalf("third link names parent %q, want %s", s3.Parent, s2.Manifest)
 		}
 		removeContainer(t, d, id)
+		waitGone(t, pid)
+		forgetCounter(t, id)
 
 		newID := ckID(t, "r")
 		start := time.Now()

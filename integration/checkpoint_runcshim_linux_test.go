@@ -24,7 +24,7 @@ func TestRuncShimCheckpointRestore(t *testing.T) {
 	d := sharedDaemon(t)
 	id := containerID(t, runcRT, "c")
 	ref := "localhost/cryo-it/ck-" + id + ":1"
-	a := append([]string{"run", "-d"}, runcShimCryoFlags(d, d.Snapshotter, d.Bins().Cryo)...)
+	a := append([]string{"run", "-d", "--mount", stateMount(t, id)}, runcShimCryoFlags(d, d.Snapshotter, d.Bins().Cryo)...)
 	mustCtr(t, d, append(a, busybox, id, "sh", "-c", tokenLoop)...)
 	t.Cleanup(func() { removeContainer(t, d, id) })
 	ti := waitStatus(t, d, id, "RUNNING")
@@ -43,6 +43,8 @@ func TestRuncShimCheckpointRestore(t *testing.T) {
 	mustCtr(t, d, "tasks", "kill", "-s", "SIGKILL", id)
 	waitStatus(t, d, id, "STOPPED")
 	removeContainer(t, d, id)
+	waitGone(t, ti.pid)
+	forgetCounter(t, id)
 
 	// what cryo wrote into containerd's checkpoint directory is our OCI layout
 	assertCounterImage(t, cryoInspect(t, checkpointLayout(t, d, ref)), id)

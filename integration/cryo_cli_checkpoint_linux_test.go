@@ -28,7 +28,7 @@ func TestCryoArchiveCheckpointRestore(t *testing.T) {
 	}
 	waitGone(t, pid)
 	// the bundle's rootfs is a plain directory: the file holds the last count written
-	last, err := readTokenFile(filepath.Join(b.dir, "rootfs/tmp/counter"))
+	last, err := readTokenFile(filepath.Join(b.dir, "rootfs/state/counter"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +154,7 @@ func TestCryoRestoreRefusals(t *testing.T) {
 	orig, _, _ := runTokenLoop(t, c, id, tokenLoop)
 	image := filepath.Join(t.TempDir(), "ck")
 	c.must("checkpoint", "--image-path", image, id)
-	last, err := readTokenFile(filepath.Join(orig.dir, "rootfs/tmp/counter"))
+	last, err := readTokenFile(filepath.Join(orig.dir, "rootfs/state/counter"))
 	if err != nil {
 		t.Fatal(err)
 	}

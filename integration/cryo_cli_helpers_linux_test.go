@@ -175,7 +175,7 @@ func newCLIBundleIn(t *testing.T, c *cryoCLI, parent, suffix string, args ...str
 	t.Helper()
 	dir := filepath.Join(parent, "bundle-"+suffix)
 	rootfs := filepath.Join(dir, "rootfs")
-	for _, d := range []string{"bin", "proc", "sys", "dev", "etc", "tmp", "root"} {
+	for _, d := range []string{"bin", "proc", "sys", "dev", "etc", "tmp", "root", "state"} {
 		if err := os.MkdirAll(filepath.Join(rootfs, d), 0o755); err != nil {
 			t.Fatal(err)
 		}

@@ -28,7 +28,7 @@ func TestCryoIncrementalChain(t *testing.T) {
 	waitToken(t, pid, n+2)
 	c.must("checkpoint", "--parent-path", links[1], "--image-path", links[2], id)
 	waitGone(t, pid)
-	last, err := readTokenFile(filepath.Join(b.dir, "rootfs/tmp/counter"))
+	last, err := readTokenFile(filepath.Join(b.dir, "rootfs/state/counter"))
 	if err != nil {
 		t.Fatal(err)
 	}

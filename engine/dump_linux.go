@@ -601,8 +601,14 @@ func (d *dumper) dumpTask(ctx context.Context, t *dtask) error {
 	if s.Seccomp == 1 {
 		return fmt.Errorf("%w: strict seccomp mode is not supported", ErrUnsupported)
 	}
-	if s.State == 'T' || s.State == 't' {
-		return fmt.Errorf("%w: process is stopped (state %c): stopped processes are not supported yet", ErrUnsupported, s.State)
+	switch s.State {
+	case 'T':
+		// A group stop: seizing turned it into a PTRACE_EVENT_STOP, and
+		// detaching puts it back into the group stop (the kernel sets
+		// JOBCTL_STOP_PENDING again on unlink while the stop is in effect).
+		rec.Stopped = true
+	case 't':
+		return fmt.Errorf("%w: process is stopped by another tracer (state t)", ErrUnsupported)
 	}
 	var err error
 	if t.root, err = readlinkProc(t.pid, "root"); err != nil {

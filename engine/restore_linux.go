@@ -250,6 +250,9 @@ func (r *restorer) run(ctx context.Context) error {
 			return fmt.Errorf("pid %d: %w", rt.rec.Pid, err)
 		}
 	}
+	if err := r.queueStops(); err != nil {
+		return err
+	}
 	for i := len(r.tasks) - 1; i >= 0; i-- {
 		rt := r.tasks[i]
 		for _, th := range rt.threads {

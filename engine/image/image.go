@@ -157,6 +157,9 @@ type Task struct {
 	// Zombie tasks carry only ExitCode (a wait status) besides the ids.
 	Zombie   bool `json:"zombie,omitempty"`
 	ExitCode int  `json:"exit_code,omitempty"`
+	// Stopped says the process was in a group stop (SIGSTOP, SIGTSTP, ...):
+	// it is restored stopped, and a SIGCONT resumes it.
+	Stopped bool `json:"stopped,omitempty"`
 
 	// Ctty says the task is a session leader whose controlling terminal is
 	// the fd marked Tty; Tpgid is the terminal's foreground process group.

@@ -4,7 +4,9 @@
 # The heavy container benchmarks (runtime: checkpoint/restore of 64 MiB,
 # 512 MiB, 1 GiB and a 50-process tree, the --leave-running stall, runc+CRIU
 # when criu >= 4.0) run BENCHTIME times (default 3x); the cheap ones
-# (create/start/delete vs runc, baselines) LIGHTTIME times (default 20x).
+# (create/start/delete vs runc, baselines) LIGHTTIME times (default 20x);
+# the shim's `ctr run --rm` latency and RSS next to containerd's runc shim
+# once (each iteration is a median of 20 runs).
 # Raw `go test -bench` output goes to $OUT (default bench.out) too.
 # The machine's load is printed with the baselines (memcpy, sha256): read
 # the other numbers against them.
@@ -21,6 +23,9 @@ echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT"
 run -bench 'Baseline|LifecycleTrue' -benchtime "$LIGHTTIME" ./runtime/ ./oci/
 run -bench 'Checkpoint|Restore|Stall|RuncCRIU' -benchtime "$BENCHTIME" ./runtime/
 run -bench . -benchtime "$BENCHTIME" ./engine/ ./oci/
+run -bench 'CreateStartDelete' -benchtime "$LIGHTTIME" ./cmd/cryo/
+# ctr run --rm: median of 20 runs per iteration, cryo's shim next to runc's, and shim RSS.
+run -bench 'CtrRunRm' -benchtime 1x ./integration/
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT"
 echo
 # The table: one row per benchmark, its metrics as columns (name=value).

@@ -83,14 +83,14 @@ func Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) {
 
 	var d *dumper
 	var err error
+	// The copy buffers, shared by every task and every attempt.
 	pages := newPagePool()
 	defer pages.release()
 	// A process caught between vfork and exec cannot stop until its child
 	// execs: let the tree run a moment and start again.
 	for attempt := 0; ; attempt++ {
-		d = &dumper{opts: opts, byPid: map[int]*dtask{}, files: newFileTable(), shmems: newShmemTable(opts.ImageDir)}
+		d = &dumper{opts: opts, byPid: map[int]*dtask{}, files: newFileTable(), shmems: newShmemTable(opts.ImageDir), pages: pages}
 		d.files.shmems = d.shmems
-		d.pages = pages
 		err = d.run(ctx)
 		if !errors.Is(err, errVfork) || attempt == 100 {
 			break

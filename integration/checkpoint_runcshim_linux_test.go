@@ -33,7 +33,7 @@ func TestRuncShimCheckpointRestore(t *testing.T) {
 		t.Fatalf("counter shell is pid %d in its namespace, want 1", before.pid)
 	}
 
-	mustCtr(t, d, "containers", "checkpoint", "--task", id, ref)
+	mustCtr(t, d, "containers", "checkpoint", "--task", "--rw", id, ref)
 	t.Cleanup(func() { d.Ctr(testCtx(t), "images", "rm", ref) })
 	// leave-running: the original goes on counting with its token
 	after := waitToken(t, ti.pid, before.n+3)
@@ -48,7 +48,7 @@ func TestRuncShimCheckpointRestore(t *testing.T) {
 	assertCounterImage(t, cryoInspect(t, checkpointLayout(t, d, ref)), id)
 	newID := containerID(t, runcRT, "r")
 	start := time.Now()
-	mustCtr(t, d, "containers", "restore", "--live", newID, ref)
+	mustCtr(t, d, "containers", "restore", "--live", "--rw", newID, ref)
 	t.Cleanup(func() { removeContainer(t, d, newID) })
 	rt := waitStatus(t, d, newID, "RUNNING")
 	// the checkpoint was taken between the readings before and after

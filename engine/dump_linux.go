@@ -91,6 +91,7 @@ func Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) {
 	for attempt := 0; ; attempt++ {
 		d = &dumper{opts: opts, byPid: map[int]*dtask{}, files: newFileTable(), shmems: newShmemTable(opts.ImageDir), pages: pages}
 		d.files.shmems = d.shmems
+		d.files.fileLocks = opts.FileLocks
 		err = d.run(ctx)
 		if !errors.Is(err, errVfork) || attempt == 100 {
 			break

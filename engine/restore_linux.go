@@ -231,6 +231,16 @@ func (r *restorer) run(ctx context.Context) error {
 		}
 		rt.temps = nil
 	}
+	// Locks once every fd is in place and no temporary fd is left to close
+	// (closing any fd of a file drops the process's POSIX locks on it).
+	for _, rt := range r.tasks {
+		if rt.rec.Zombie {
+			continue
+		}
+		if err := r.restoreLocks(rt); err != nil {
+			return fmt.Errorf("pid %d: %w", rt.rec.Pid, err)
+		}
+	}
 	for _, rt := range r.tasks {
 		if rt.rec.Zombie {
 			continue

@@ -469,6 +469,8 @@ type Fd struct {
 	Inotify []InotifyWatch `json:"inotify,omitempty"`
 	// Ghost is the content of a FdDeleted file (fdkinds.go).
 	Ghost *Ghost `json:"ghost,omitempty"`
+	// Locks are the advisory locks taken through this fd (DumpOptions.FileLocks).
+	Locks []FileLock `json:"locks,omitempty"`
 }
 
 // WriteFile writes a record as JSON into dir/name with mode 0600.
@@ -553,4 +555,20 @@ func ReadTask(dir string, pid int) (*Task, error) {
 		return nil, fmt.Errorf("%s: %w: holds pid %d", TaskFile(pid), ErrFormat, t.Pid)
 	}
 	return t, nil
+}
+
+// Kinds of FileLock.
+const (
+	LockPosix = "posix" // fcntl F_SETLK: owned by the process (its fd table)
+	LockOFD   = "ofd"   // fcntl F_OFD_SETLK: owned by the open file description
+	LockFlock = "flock" // flock(2): owned by the open file description
+)
+
+// FileLock is one advisory lock held through an fd, as /proc/PID/fdinfo shows it.
+type FileLock struct {
+	Kind  string `json:"kind"`
+	Write bool   `json:"write,omitempty"` // a write (exclusive) lock, else a read (shared) one
+	Start int64  `json:"start"`
+	// End is the last byte locked, or -1 for "to the end of the file" (EOF).
+	End int64 `json:"end"`
 }

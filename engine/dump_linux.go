@@ -92,6 +92,7 @@ func Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) {
 		d = &dumper{opts: opts, byPid: map[int]*dtask{}, files: newFileTable(), shmems: newShmemTable(opts.ImageDir), pages: pages}
 		d.files.shmems = d.shmems
 		d.files.fileLocks = opts.FileLocks
+		d.files.stdioIDs = opts.Stdio
 		err = d.run(ctx)
 		if !errors.Is(err, errVfork) || attempt == 100 {
 			break

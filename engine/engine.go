@@ -40,6 +40,20 @@ type DumpOptions struct {
 	// need not read the files again. It costs CPU while the tree is stopped:
 	// leave it off when the stall matters more than the total time.
 	HashPages bool
+	// Stdio names the files the tree was started with as its stdio (what
+	// the init's fds 0-2 were when it was created; a zero FileID: unknown).
+	// An fd whose file is Stdio[i] is external stdio i, reconnected at
+	// restore to RestoreOptions.Stdio[i]. When all three are zero, the root
+	// task's fds 0-2 at dump time are taken instead, which is wrong when
+	// the init has redirected them for a moment (a shell running
+	// `printf ... >&3` has the description of fd 3 as its fd 1).
+	Stdio [3]FileID
+}
+
+// FileID names a file by device and inode (stat's st_dev and st_ino).
+type FileID struct {
+	Dev uint64 `json:"dev"`
+	Ino uint64 `json:"ino"`
 }
 
 // ProcessInfo summarises one dumped process.

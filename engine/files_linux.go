@@ -35,8 +35,10 @@ type openRef struct {
 type fileTable struct {
 	byInode map[[2]uint64][]openRef
 	nextID  uint64
-	// stdio are the root task's fds 0-2 (for external descriptions).
+	// stdio are the root task's fds 0-2 (for external descriptions), or
+	// stdioIDs the files of the tree's original stdio, when known.
 	stdio     [3]*openRef
+	stdioIDs  [3]FileID
 	rootPid   int
 	pipeRefs  map[uint64]openRef
 	pipeOrder []uint64
@@ -72,8 +74,18 @@ func (ft *fileTable) identify(pid, fd int, st *unix.Stat_t) (uint64, error) {
 	return ft.nextID, nil
 }
 
-// external says which of the root's stdio fds (pid, fd) shares a description with.
-func (ft *fileTable) external(pid, fd int) int {
+// external says which of the tree's external stdio fd (pid, fd), whose file
+// is st, is: the stdio file it is (stdioIDs), or else the root's stdio fd it
+// shares a description with.
+func (ft *fileTable) external(pid, fd int, st *unix.Stat_t) int {
+	if ft.stdioIDs != [3]FileID{} {
+		for i, id := range ft.stdioIDs {
+			if id != (FileID{}) && id == (FileID{Dev: st.Dev, Ino: st.Ino}) {
+				return i
+			}
+		}
+		return -1
+	}
 	for i, r := range ft.stdio {
 		if r == nil {
 			continue
@@ -167,7 +179,7 @@ func (ft *fileTable) dumpFd(t *dtask, fd int) (*image.Fd, error) {
 	}
 	mode := st.Mode & unix.S_IFMT
 	isExternal := func() bool {
-		if i := ft.external(t.pid, fd); i >= 0 {
+		if i := ft.external(t.pid, fd, &st); i >= 0 {
 			out.Kind, out.Stdio, out.Pos = image.FdExternal, i, 0
 			return true
 		}

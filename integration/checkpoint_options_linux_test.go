@@ -61,12 +61,22 @@ func runToken(t *testing.T, d *harness.Daemon, r ckRuntime, id, script string) (
 // client connects a containerd client to d, in d's namespace.
 func client(t *testing.T, d *harness.Daemon) (*containerd.Client, context.Context) {
 	t.Helper()
-	c, err := containerd.New(d.Address, containerd.WithDefaultNamespace(d.Namespace), containerd.WithTimeout(10*time.Second))
+	c, err := containerdClient(d)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	return c, namespaces.WithNamespace(testCtx(t), d.Namespace)
+	return c, namespacedCtx(testCtx(t), d)
+}
+
+// containerdClient connects a containerd client to d.
+func containerdClient(d *harness.Daemon) (*containerd.Client, error) {
+	return containerd.New(d.Address, containerd.WithDefaultNamespace(d.Namespace), containerd.WithTimeout(10*time.Second))
+}
+
+// namespacedCtx is ctx in d's namespace.
+func namespacedCtx(ctx context.Context, d *harness.Daemon) context.Context {
+	return namespaces.WithNamespace(ctx, d.Namespace)
 }
 
 // withOptions sets runc's checkpoint options on a task checkpoint (what `ctr t checkpoint`

@@ -140,7 +140,7 @@ func (c *Container) Checkpoint(ctx context.Context, opts CheckpointOpts) (_ *oci
 		Pid: c.rec.Pid, Freezer: &pausedFreezer{cg: cg, paused: st == Paused},
 		ImageDir: filepath.Join(work, "engine"), LeaveRunning: opts.LeaveRunning,
 		TCPEstablished: opts.TCPEstablished, ExtUnixSockets: opts.ExtUnixSockets,
-		ShellJob: opts.ShellJob, FileLocks: opts.FileLocks,
+		ShellJob: opts.ShellJob, FileLocks: opts.FileLocks, Stdio: c.rec.Stdio,
 	}
 	if !opts.LeaveRunning {
 		// Write the image while the tree is still stopped: the container is

@@ -19,6 +19,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/cryo-run/cryo/engine"
 	"github.com/cryo-run/cryo/oci"
 	"github.com/cryo-run/cryo/runtime/cgroups"
 )
@@ -360,6 +361,7 @@ func (r *Runtime) Create(ctx context.Context, id string, opts CreateOpts) (_ *Co
 		}
 		c.rec.Status = Running
 	}
+	c.rec.Stdio = stdioIDs(pid)
 	if err := c.save(); err != nil {
 		return nil, err
 	}
@@ -371,6 +373,20 @@ func (r *Runtime) Create(ctx context.Context, id string, opts CreateOpts) (_ *Co
 	c.cmd = cmd
 	c.cg = cg
 	return c, nil
+}
+
+// stdioIDs names the files of the init's fds 0-2 once it is set up: the
+// container's stdio, which a checkpoint treats as external (reconnected at
+// restore) wherever the tree holds them, whatever fds they are at by then.
+func stdioIDs(pid int) [3]engine.FileID {
+	var ids [3]engine.FileID
+	for i := range ids {
+		var st unix.Stat_t
+		if err := unix.Stat(fmt.Sprintf("/proc/%d/fd/%d", pid, i), &st); err == nil {
+			ids[i] = engine.FileID{Dev: st.Dev, Ino: st.Ino}
+		}
+	}
+	return ids
 }
 
 // withDefaultDevices returns the resources with the device rules extended so

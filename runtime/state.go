@@ -4,6 +4,8 @@ import (
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/cryo-run/cryo/engine"
 )
 
 // Status is a container's lifecycle state. The transitions are
@@ -47,4 +49,6 @@ type record struct {
 	NoPivot      bool        `json:"no_pivot,omitempty"`
 	NoNewKeyring bool        `json:"no_new_keyring,omitempty"`
 	Spec         *specs.Spec `json:"spec"`
+	// Stdio names the init's stdio files (engine.DumpOptions.Stdio).
+	Stdio [3]engine.FileID `json:"stdio,omitempty"`
 }

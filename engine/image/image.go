@@ -324,6 +324,7 @@ const (
 	VmaAnon       = "anon"        // private anonymous memory (heap, stack, mmap)
 	VmaFile       = "file"        // a file mapping, private or shared
 	VmaShmem      = "shmem"       // shared anonymous memory (MAP_SHARED|MAP_ANONYMOUS)
+	VmaSysvShm    = "sysvshm"     // an attached System V shared memory segment (ShmemID is the shmid)
 	VmaVdso       = "vdso"        // [vdso]
 	VmaVvar       = "vvar"        // [vvar]
 	VmaVvarVclock = "vvar_vclock" // [vvar_vclock]
@@ -366,7 +367,8 @@ type Vma struct {
 	Offset uint64 `json:"offset,omitempty"`
 	// FileWrite says the file must be opened for writing (a shared writable mapping).
 	FileWrite bool `json:"file_write,omitempty"`
-	// ShmemID is the Inventory.Shmems object of a VmaShmem mapping (Offset is
+	// ShmemID is the Inventory.Shmems object of a VmaShmem mapping, or the
+	// shmid of a VmaSysvShm (in SysVIPCFile) (Offset is
 	// the offset in it).
 	ShmemID uint64    `json:"shmem_id,omitempty"`
 	Pages   []PageRun `json:"pages,omitempty"`

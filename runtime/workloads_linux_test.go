@@ -70,18 +70,24 @@ func newWorkload(t *testing.T, args ...string) *workload {
 	s.Process.Terminal = false
 	s.Process.Args = args
 	s.Process.Env = append(s.Process.Env, "HOME=/root", "LANG=C.UTF-8")
-	s.Linux.CgroupsPath = "/cryo-workloads-" + sanitize(t.Name())
+	s.Linux.CgroupsPath = workloadCgroup(t)
 	for _, d := range []string{"/usr", "/etc"} {
 		s.Mounts = append(s.Mounts, specs.Mount{Destination: d, Type: "bind", Source: d, Options: []string{"rbind", "ro", "nosuid", "nodev"}})
 	}
 	return &workload{t: t, r: newRuntime(t), id: "wl-" + strings.ToLower(sanitize(t.Name())), bundle: bundle, spec: s, rootfs: rootfs}
 }
 
+// workloadCgroup is the test's cgroup path, unique to this test process:
+// the same test may run at the same time from another checkout.
+func workloadCgroup(t *testing.T) string {
+	return "/cryo-workloads-" + sanitize(t.Name()) + "-" + strconv.Itoa(os.Getpid())
+}
+
 // newBusyboxWorkload is a workload in a busybox rootfs (for static programs).
 func newBusyboxWorkload(t *testing.T, args ...string) *workload {
 	t.Helper()
 	bundle, s := newBundle(t, args...)
-	s.Linux.CgroupsPath = "/cryo-workloads-" + sanitize(t.Name())
+	s.Linux.CgroupsPath = workloadCgroup(t)
 	return &workload{t: t, r: newRuntime(t), id: "wl-" + strings.ToLower(sanitize(t.Name())), bundle: bundle, spec: s, rootfs: filepath.Join(bundle, "rootfs")}
 }
 

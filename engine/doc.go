@@ -30,8 +30,8 @@
 //
 // A failed dump detaches every task with its registers and signal mask as
 // they were and thaws the tree: the target keeps running untouched. Anything
-// the engine cannot save yet (file locks, System V IPC, ...) is refused at dump
-// time with an error naming the task, the fd or mapping, and what it is.
+// the engine cannot save yet (hugetlb memory, netlink sockets, ...) is refused
+// at dump time with an error naming the task, the fd or mapping, and what it is.
 //
 // # Restore
 //
@@ -73,12 +73,19 @@
 // signalfd, timerfd, inotify (watches; queued events are lost), memfd; open file
 // descriptions shared between fds and processes stay shared, and so does an
 // fd table shared with the parent (CLONE_FILES); the tree's
-// external stdio is reconnected to RestoreOptions.Stdio. The clocks are
+// external stdio is reconnected to RestoreOptions.Stdio; advisory file locks
+// (POSIX, OFD, flock) with DumpOptions.FileLocks (locks_linux.go). Processes
+// in a group stop come back stopped (stop_linux.go). The System V IPC
+// objects of the tree's own IPC namespace (segments and their attachments,
+// message queues with their messages, semaphore sets) come back with their
+// ids (sysvipc_linux.go). The clocks are
 // recorded so that a time namespace (RestoreTimeOffsets) hides the downtime.
 //
 // Refused at dump (ErrUnsupported, naming pid, fd or mapping): sockets of
-// other families, established MPTCP connections, file locks, System V IPC memory, hugetlb, locked,
-// device and userfaultfd mappings, stopped or foreign-traced tasks, tasks in
+// other families, established MPTCP connections, file locks without
+// DumpOptions.FileLocks and leases, attachments of System V segments of the
+// engine's IPC namespace (a tree without an IPC namespace of its own),
+// hugetlb, locked, device and userfaultfd mappings, foreign-traced tasks, tasks in
 // other namespaces or with another root than the root task, strict seccomp.
 //
 // # Processes the engine must not be mixed with

@@ -56,6 +56,8 @@ type dumper struct {
 	shmems *shmemTable
 	result DumpResult
 	pages  *pagePool // copy buffers (pages_linux.go)
+	// ownIPC says the tree has an IPC namespace of its own (sysvipc_linux.go).
+	ownIPC bool
 }
 
 const scratchSize = 4 * image.PageSize
@@ -91,6 +93,7 @@ func Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) {
 	for attempt := 0; ; attempt++ {
 		d = &dumper{opts: opts, byPid: map[int]*dtask{}, files: newFileTable(), shmems: newShmemTable(opts.ImageDir), pages: pages}
 		d.files.shmems = d.shmems
+		d.files.fileLocks = opts.FileLocks
 		d.files.stdioIDs = opts.Stdio
 		err = d.run(ctx)
 		if !errors.Is(err, errVfork) || attempt == 100 {
@@ -155,6 +158,10 @@ func (d *dumper) run(ctx context.Context) error {
 	// The tree is stopped: its clocks stop here.
 	d.inv.Monotonic, d.inv.Boottime = treeClocks(d.tasks[0].pid)
 	d.result.Kernel = d.inv.Kernel
+	var err error
+	if d.ownIPC, err = ownIPCNamespace(d.tasks[0].pid); err != nil {
+		return err
+	}
 	for _, t := range d.tasks {
 		if err := d.dumpTask(ctx, t); err != nil {
 			return fmt.Errorf("pid %d: %w", t.nspid, err)
@@ -167,6 +174,9 @@ func (d *dumper) run(ctx context.Context) error {
 		return err
 	}
 	if err := d.files.unix.finish(&d.inv); err != nil {
+		return err
+	}
+	if err := d.dumpSysvIPC(); err != nil {
 		return err
 	}
 	d.shmems.inventory(&d.inv)
@@ -602,8 +612,14 @@ func (d *dumper) dumpTask(ctx context.Context, t *dtask) error {
 	if s.Seccomp == 1 {
 		return fmt.Errorf("%w: strict seccomp mode is not supported", ErrUnsupported)
 	}
-	if s.State == 'T' || s.State == 't' {
-		return fmt.Errorf("%w: process is stopped (state %c): stopped processes are not supported yet", ErrUnsupported, s.State)
+	switch s.State {
+	case 'T':
+		// A group stop: seizing turned it into a PTRACE_EVENT_STOP, and
+		// detaching puts it back into the group stop (the kernel sets
+		// JOBCTL_STOP_PENDING again on unlink while the stop is in effect).
+		rec.Stopped = true
+	case 't':
+		return fmt.Errorf("%w: process is stopped by another tracer (state t)", ErrUnsupported)
 	}
 	var err error
 	if t.root, err = readlinkProc(t.pid, "root"); err != nil {
@@ -1122,7 +1138,12 @@ func (d *dumper) vmaOf(t *dtask, m procfs.Mapping) (*image.Vma, bool, error) {
 		v.Kind, v.Name = image.VmaAnon, m.Path
 		return v, true, nil
 	case strings.HasPrefix(m.Path, "/SYSV"):
-		return nil, false, fmt.Errorf("%w: System V shared memory is not supported yet", ErrUnsupported)
+		// The inode of a System V segment's mapping is its shmid.
+		if !d.ownIPC {
+			return nil, false, fmt.Errorf("%w: System V shared memory segment %d of the engine's IPC namespace (the tree has no IPC namespace of its own)", ErrUnsupported, m.Inode)
+		}
+		v.Kind, v.ShmemID, v.Offset = image.VmaSysvShm, m.Inode, m.Offset
+		return v, false, nil
 	case m.Deleted && (m.Path == "/dev/zero" && m.Shared || strings.HasPrefix(m.Path, "/memfd:")):
 		// Shared anonymous memory or a memfd: a shmem object of its own.
 		memfd := strings.HasPrefix(m.Path, "/memfd:")

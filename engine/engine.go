@@ -25,8 +25,10 @@ type DumpOptions struct {
 	// checkpoint options. TCPEstablished allows established TCP connections
 	// (saved with TCP_REPAIR; refused without it). ExtUnixSockets allows unix
 	// sockets connected to a named socket outside the tree (reconnected by
-	// name at restore; refused without it). ShellJob and FileLocks are
-	// accepted for compatibility; locks are refused whatever they say.
+	// name at restore; refused without it). FileLocks allows advisory
+	// file locks (POSIX, OFD and flock), taken again by their owners at
+	// restore; without it a lock is refused, naming the pid, fd, file and
+	// lock. ShellJob is accepted for compatibility.
 	TCPEstablished, ExtUnixSockets, ShellJob, FileLocks bool
 	// Commit, if set, runs once the image is complete, while every task is
 	// still stopped under ptrace, and before the tree is killed or resumed.

@@ -47,6 +47,8 @@ type fileTable struct {
 	fifoPaths map[uint64]string
 	shmems    *shmemTable
 	unix      *unixTable
+	// fileLocks allows advisory locks (DumpOptions.FileLocks).
+	fileLocks bool
 }
 
 func newFileTable() *fileTable {
@@ -166,10 +168,12 @@ func (ft *fileTable) dumpFd(t *dtask, fd int) (*image.Fd, error) {
 	if err := unix.Stat(link, &st); err != nil {
 		return nil, fmt.Errorf("%s: stat: %w", target, err)
 	}
-	if _, ok := fi.Extra["lock"]; ok {
-		return nil, fmt.Errorf("%s: file locks are %w yet", target, ErrUnsupported)
-	}
 	out := &image.Fd{Fd: fd, CloExec: fi.Flags&unix.O_CLOEXEC != 0, Flags: fi.Flags &^ unix.O_CLOEXEC, Pos: fi.Pos}
+	if lines, ok := fi.Extra["lock"]; ok {
+		if out.Locks, err = dumpLocks(lines, ft.fileLocks); err != nil {
+			return nil, fmt.Errorf("%s: %w", target, err)
+		}
+	}
 	if out.File, err = ft.identify(t.pid, fd, &st); err != nil {
 		return nil, fmt.Errorf("%s: %w", target, err)
 	}

@@ -89,16 +89,28 @@ func (t *tracee) syscall(nr int, args ...uint64) (uint64, error) {
 	return out.Rax, nil
 }
 
-// waitTrap waits for the SIGTRAP of a single step.
+// waitTrap waits for the SIGTRAP of a single step. A PTRACE_EVENT_STOP
+// that comes first is a trap that was still pending when the step was
+// asked (a task seized in a group stop reports one stop for the seize and
+// one for PTRACE_INTERRUPT): it stops before any instruction runs, so the
+// step is asked again.
 func (t *tracee) waitTrap() error {
-	ws, err := ptrace.Wait(t.tid)
-	if err != nil {
-		return err
+	for tries := 0; ; tries++ {
+		ws, err := ptrace.Wait(t.tid)
+		if err != nil {
+			return err
+		}
+		if ws.Stopped() && ptrace.Event(ws) == ptrace.EventStop && tries < 4 {
+			if err := ptrace.SingleStep(t.tid); err != nil {
+				return err
+			}
+			continue
+		}
+		if !ws.Stopped() || ws.StopSignal() != unix.SIGTRAP || ptrace.Event(ws) != 0 {
+			return fmt.Errorf("task %d: unexpected stop %s", t.tid, describeStatus(ws))
+		}
+		return nil
 	}
-	if !ws.Stopped() || ws.StopSignal() != unix.SIGTRAP || ptrace.Event(ws) != 0 {
-		return fmt.Errorf("task %d: unexpected stop %s", t.tid, describeStatus(ws))
-	}
-	return nil
 }
 
 func describeStatus(ws unix.WaitStatus) string {

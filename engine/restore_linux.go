@@ -36,6 +36,8 @@ type rtask struct {
 	temps []int
 	// local maps an open file description (image.Fd.File) to an fd in this task.
 	local map[uint64]int
+	// sysvAttached are the addresses where System V segments were attached again.
+	sysvAttached map[uint64]bool
 	// gadgetMapped says the gadget pages are still mapped in the task.
 	gadgetMapped bool
 	// base is the lowest fd number above every restored fd: temporary fds
@@ -71,6 +73,8 @@ type restorer struct {
 	// unixSocks are the unix sockets; sockEnds say which task holds each end.
 	unixSocks map[uint64]*image.UnixSocket
 	sockEnds  map[uint64]holder
+	// sysv are the System V IPC objects of the image (nil if none).
+	sysv *image.SysVIPC
 	// stdio is the helper holding RestoreOptions.Stdio, started when needed.
 	stdio *stdioHelper
 }
@@ -186,6 +190,10 @@ func (r *restorer) run(ctx context.Context) error {
 	if err := r.setPgids(); err != nil {
 		return err
 	}
+	// System V objects before any memory: attachments need the segments.
+	if err := r.restoreSysvIPC(); err != nil {
+		return err
+	}
 	for _, rt := range r.tasks {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -199,6 +207,9 @@ func (r *restorer) run(ctx context.Context) error {
 		if err := r.restoreMm(rt); err != nil {
 			return fmt.Errorf("pid %d: memory: %w", rt.rec.Pid, err)
 		}
+	}
+	if err := r.destroySysvShm(); err != nil {
+		return err
 	}
 	if err := r.prepareSockets(); err != nil {
 		return err
@@ -231,6 +242,16 @@ func (r *restorer) run(ctx context.Context) error {
 		}
 		rt.temps = nil
 	}
+	// Locks once every fd is in place and no temporary fd is left to close
+	// (closing any fd of a file drops the process's POSIX locks on it).
+	for _, rt := range r.tasks {
+		if rt.rec.Zombie {
+			continue
+		}
+		if err := r.restoreLocks(rt); err != nil {
+			return fmt.Errorf("pid %d: %w", rt.rec.Pid, err)
+		}
+	}
 	for _, rt := range r.tasks {
 		if rt.rec.Zombie {
 			continue
@@ -249,6 +270,9 @@ func (r *restorer) run(ctx context.Context) error {
 		if err := r.finishTask(rt); err != nil {
 			return fmt.Errorf("pid %d: %w", rt.rec.Pid, err)
 		}
+	}
+	if err := r.queueStops(); err != nil {
+		return err
 	}
 	for i := len(r.tasks) - 1; i >= 0; i-- {
 		rt := r.tasks[i]
@@ -699,6 +723,10 @@ func (r *restorer) restoreMm(rt *rtask) error {
 			}
 			if _, err := t.sys("mmap shmem", unix.SYS_MMAP, v.Start, v.End-v.Start, prot, flags, fd, v.Offset); err != nil {
 				return fmt.Errorf("mapping %#x-%#x of shared memory %d: %w", v.Start, v.End, v.ShmemID, err)
+			}
+		case image.VmaSysvShm:
+			if err := r.attachSysvShm(rt, v, prot); err != nil {
+				return fmt.Errorf("mapping %#x-%#x: %w", v.Start, v.End, err)
 			}
 		default:
 			return fmt.Errorf("%w: mapping kind %q", ErrUnsupported, v.Kind)

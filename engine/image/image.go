@@ -157,6 +157,9 @@ type Task struct {
 	// Zombie tasks carry only ExitCode (a wait status) besides the ids.
 	Zombie   bool `json:"zombie,omitempty"`
 	ExitCode int  `json:"exit_code,omitempty"`
+	// Stopped says the process was in a group stop (SIGSTOP, SIGTSTP, ...):
+	// it is restored stopped, and a SIGCONT resumes it.
+	Stopped bool `json:"stopped,omitempty"`
 
 	// Ctty says the task is a session leader whose controlling terminal is
 	// the fd marked Tty; Tpgid is the terminal's foreground process group.
@@ -321,6 +324,7 @@ const (
 	VmaAnon       = "anon"        // private anonymous memory (heap, stack, mmap)
 	VmaFile       = "file"        // a file mapping, private or shared
 	VmaShmem      = "shmem"       // shared anonymous memory (MAP_SHARED|MAP_ANONYMOUS)
+	VmaSysvShm    = "sysvshm"     // an attached System V shared memory segment (ShmemID is the shmid)
 	VmaVdso       = "vdso"        // [vdso]
 	VmaVvar       = "vvar"        // [vvar]
 	VmaVvarVclock = "vvar_vclock" // [vvar_vclock]
@@ -363,7 +367,8 @@ type Vma struct {
 	Offset uint64 `json:"offset,omitempty"`
 	// FileWrite says the file must be opened for writing (a shared writable mapping).
 	FileWrite bool `json:"file_write,omitempty"`
-	// ShmemID is the Inventory.Shmems object of a VmaShmem mapping (Offset is
+	// ShmemID is the Inventory.Shmems object of a VmaShmem mapping, or the
+	// shmid of a VmaSysvShm (in SysVIPCFile) (Offset is
 	// the offset in it).
 	ShmemID uint64    `json:"shmem_id,omitempty"`
 	Pages   []PageRun `json:"pages,omitempty"`
@@ -466,6 +471,8 @@ type Fd struct {
 	Inotify []InotifyWatch `json:"inotify,omitempty"`
 	// Ghost is the content of a FdDeleted file (fdkinds.go).
 	Ghost *Ghost `json:"ghost,omitempty"`
+	// Locks are the advisory locks taken through this fd (DumpOptions.FileLocks).
+	Locks []FileLock `json:"locks,omitempty"`
 }
 
 // WriteFile writes a record as JSON into dir/name with mode 0600.
@@ -550,4 +557,20 @@ func ReadTask(dir string, pid int) (*Task, error) {
 		return nil, fmt.Errorf("%s: %w: holds pid %d", TaskFile(pid), ErrFormat, t.Pid)
 	}
 	return t, nil
+}
+
+// Kinds of FileLock.
+const (
+	LockPosix = "posix" // fcntl F_SETLK: owned by the process (its fd table)
+	LockOFD   = "ofd"   // fcntl F_OFD_SETLK: owned by the open file description
+	LockFlock = "flock" // flock(2): owned by the open file description
+)
+
+// FileLock is one advisory lock held through an fd, as /proc/PID/fdinfo shows it.
+type FileLock struct {
+	Kind  string `json:"kind"`
+	Write bool   `json:"write,omitempty"` // a write (exclusive) lock, else a read (shared) one
+	Start int64  `json:"start"`
+	// End is the last byte locked, or -1 for "to the end of the file" (EOF).
+	End int64 `json:"end"`
 }

@@ -215,6 +215,10 @@ func (mm *Mm) Validate() error {
 			if v.ShmemID == 0 || v.Offset%PageSize != 0 {
 				return bad("vma %#x: shared memory object %d at %#x", v.Start, v.ShmemID, v.Offset)
 			}
+		case VmaSysvShm:
+			if v.Offset%PageSize != 0 {
+				return bad("vma %#x: System V segment %d at %#x", v.Start, v.ShmemID, v.Offset)
+			}
 		case VmaFile:
 			if v.Path == "" || v.Path[0] != '/' || v.Offset%PageSize != 0 {
 				return bad("vma %#x: file %q offset %#x", v.Start, v.Path, v.Offset)

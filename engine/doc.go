@@ -30,7 +30,7 @@
 //
 // A failed dump detaches every task with its registers and signal mask as
 // they were and thaws the tree: the target keeps running untouched. Anything
-// the engine cannot save yet (sockets, deleted files, ...) is refused at dump
+// the engine cannot save yet (file locks, System V IPC, ...) is refused at dump
 // time with an error naming the task, the fd or mapping, and what it is.
 //
 // # Restore
@@ -64,16 +64,19 @@
 // their IDs), rseq, robust lists, clear-child-tid, personality, rlimits,
 // umask, cwd, credentials, capabilities (bounding, ambient), securebits,
 // no_new_privs, seccomp filters, child-subreaper, dumpable, parent-death
-// signal; fds: regular files and directories (path, offset, flags),
-// /dev/null and friends, pipes and FIFOs with their bytes, unix socketpairs
-// with their queues and shutdown state, eventfd, epoll (targets), signalfd,
-// timerfd, inotify (watches; queued events are lost), memfd; open file
+// signal; fds: regular files and directories (path, offset, flags), files
+// deleted while open (their content), /dev/null and friends, pipes and FIFOs
+// with their bytes, unix sockets (pairs, listeners on paths or abstract
+// names, accepted and pending connections, queued bytes, shutdown state),
+// TCP and MPTCP listeners, UDP sockets, established TCP connections with
+// DumpOptions.TCPEstablished (TCP_REPAIR), eventfd, epoll (targets),
+// signalfd, timerfd, inotify (watches; queued events are lost), memfd; open file
 // descriptions shared between fds and processes stay shared; the tree's
 // external stdio is reconnected to RestoreOptions.Stdio. The clocks are
 // recorded so that a time namespace (RestoreTimeOffsets) hides the downtime.
 //
-// Refused at dump (ErrUnsupported, naming pid, fd or mapping): other
-// sockets, file locks, deleted files, System V IPC memory, hugetlb, locked,
+// Refused at dump (ErrUnsupported, naming pid, fd or mapping): sockets of
+// other families, established MPTCP connections, file locks, System V IPC memory, hugetlb, locked,
 // device and userfaultfd mappings, stopped or foreign-traced tasks, tasks in
 // other namespaces or with another root than the root task, strict seccomp.
 //

@@ -201,6 +201,9 @@ func (ds *sockDumper) dump(ref *sockRef) (*image.Socket, error) {
 		switch {
 		case s.Type == unix.SOCK_STREAM && s.Protocol == unix.IPPROTO_TCP:
 			err = ds.dumpTCP(ref, s)
+		case s.Type == unix.SOCK_STREAM && s.Protocol == unix.IPPROTO_MPTCP:
+			// Go (1.24+) listens with MPTCP by default where the kernel has it.
+			err = ds.dumpMPTCP(ref, s)
 		case s.Type == unix.SOCK_DGRAM && s.Protocol == unix.IPPROTO_UDP:
 			err = ds.dumpUDP(ref, s)
 		default:

@@ -61,6 +61,34 @@ func (ds *sockDumper) inetDiag(family int) (map[uint64]*sockdiag.Inet, error) {
 	return ds.diag.InetSockets(family, unix.IPPROTO_TCP)
 }
 
+// dumpMPTCP records a Multipath TCP socket: a listening or unconnected one
+// (TCP_REPAIR does not exist for MPTCP, so connections are refused). Its
+// accept queue is checked with poll, as inet_diag lists its TCP subflows,
+// not the MPTCP socket; the backlog, which only sock_diag shows, is restored
+// as SOMAXCONN (the kernel caps any backlog to net.core.somaxconn anyway).
+func (ds *sockDumper) dumpMPTCP(ref *sockRef, s *image.Socket) error {
+	c := ref.copy
+	if sa, err := unix.Getsockname(c); err == nil {
+		s.Local = inetAddr(sa)
+	}
+	listening, err := unix.GetsockoptInt(c, unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
+	if err != nil {
+		return fmt.Errorf("SO_ACCEPTCONN: %w", err)
+	}
+	if _, err := unix.Getpeername(c); err == nil {
+		return fmt.Errorf("%w: established MPTCP connection on %s (no TCP_REPAIR for MPTCP)", ErrUnsupported, s.Local)
+	}
+	if listening != 1 {
+		return nil
+	}
+	p := []unix.PollFd{{Fd: int32(c), Events: unix.POLLIN}}
+	if n, _ := unix.Poll(p, 0); n > 0 && p[0].Revents&unix.POLLIN != 0 {
+		return fmt.Errorf("%w: MPTCP listener on %s with connections not accepted yet", ErrUnsupported, s.Local)
+	}
+	s.Listening, s.Backlog = true, unix.SOMAXCONN
+	return nil
+}
+
 func (ds *sockDumper) dumpTCP(ref *sockRef, s *image.Socket) error {
 	c := ref.copy
 	info, err := getsockoptBytes(c, unix.IPPROTO_TCP, unix.TCP_INFO, 232)

@@ -486,6 +486,11 @@ func (r *restorer) restoreTaskState(rt *rtask) error {
 		}
 	}
 	for _, it := range rec.Itimers {
+		if it.Value == 0 {
+			// Caught just as it expired (its signal is among the pending
+			// ones): a zero value would disarm it, so it starts a period.
+			it.Value = it.Interval
+		}
 		for i, v := range []int64{it.Interval / 1e6, it.Interval % 1e6, it.Value / 1e6, it.Value % 1e6} {
 			le.PutUint64(buf[8*i:], uint64(v))
 		}
@@ -585,7 +590,10 @@ func (r *restorer) restorePosixTimers(rt *rtask) error {
 			return fmt.Errorf("timer_create made timer %d, want %d", got, pt.ID)
 		}
 		if pt.ValueNs == 0 {
-			continue
+			if pt.IntervalNs == 0 {
+				continue // disarmed
+			}
+			pt.ValueNs = pt.IntervalNs // caught as it expired: a zero value would disarm it
 		}
 		its := make([]byte, 32)
 		for i, v := range []int64{pt.IntervalNs / 1e9, pt.IntervalNs % 1e9, pt.ValueNs / 1e9, pt.ValueNs % 1e9} {

@@ -49,6 +49,7 @@ type dumper struct {
 	files  *fileTable
 	shmems *shmemTable
 	result DumpResult
+	dirty  *dirtyState // dirty_linux.go: trackers and the parent image
 }
 
 const scratchSize = 4 * image.PageSize
@@ -74,9 +75,20 @@ func Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
-	d := &dumper{opts: opts, byPid: map[int]*dtask{}, files: newFileTable(), shmems: newShmemTable(opts.ImageDir)}
+	dirty, err := newDirtyState(opts.Parent)
+	if err != nil {
+		return nil, fmt.Errorf("dump of pid %d: %w", opts.Pid, err)
+	}
+	defer dirty.release()
+	d := &dumper{opts: opts, byPid: map[int]*dtask{}, files: newFileTable(), shmems: newShmemTable(opts.ImageDir), dirty: dirty}
 	d.files.shmems = d.shmems
-	err := d.run(ctx)
+	d.files.skip = dirty.isTracker
+	err = d.run(ctx)
+	d.result.ParentBytes, d.result.ComparedBytes = dirty.stats.Reused, dirty.stats.Compared
+	if err == nil && opts.LeaveRunning {
+		// Still stopped, pages read: from here on every write is tracked.
+		d.armTrackers()
+	}
 	if err == nil && opts.Commit != nil {
 		if err = opts.Commit(&d.result); err != nil {
 			err = fmt.Errorf("commit image: %w", err)
@@ -892,7 +904,7 @@ func (d *dumper) dumpMm(t *dtask, maps []procfs.Mapping) (*image.Mm, error) {
 			top = m.End
 		}
 	}
-	regions, err := presentPages(t.pid, 0, top)
+	regions, err := d.pageRegions(t, maps, top)
 	if err != nil {
 		return nil, err
 	}
@@ -928,6 +940,12 @@ func (d *dumper) dumpMm(t *dtask, maps []procfs.Mapping) (*image.Mm, error) {
 				continue // still the file's page cache: the file has it
 			}
 			a, e := max(r.Start, m.Start), min(r.End, m.End)
+			if d.incremental(t) {
+				if err := d.emit(t, pw, v, m, a, e, r.Categories); err != nil {
+					return nil, err
+				}
+				continue
+			}
 			off, err := pw.add(a, e-a)
 			if err != nil {
 				return nil, err
@@ -947,6 +965,9 @@ func (d *dumper) dumpMm(t *dtask, maps []procfs.Mapping) (*image.Mm, error) {
 		return nil, err
 	}
 	mm.PagesFile, mm.PagesSize = name, pw.off
+	if err := d.finishMm(t, mm); err != nil {
+		return nil, err
+	}
 	t.info.MemBytes = pw.off
 	d.result.PageBytes += pw.off
 	d.result.PageFiles = append(d.result.PageFiles, name)
@@ -978,6 +999,9 @@ func (d *dumper) vmaOf(t *dtask, m procfs.Mapping) (*image.Vma, bool, error) {
 		"lo": "locked (mlock) mappings",
 	} {
 		special := m.Path == "[vdso]" || m.Path == "[vvar]" || m.Path == "[vvar_vclock]" || m.Path == "[vsyscall]"
+		if flag == "uw" && d.dirty.ownsUW(m) {
+			continue // the engine's own dirty-page tracker (dirty_linux.go)
+		}
 		if m.HasFlag(flag) && !special {
 			return nil, false, fmt.Errorf("%w: %s are not supported yet", ErrUnsupported, what)
 		}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"runtime"
 	"sort"
 	"unsafe"
@@ -822,25 +821,16 @@ func (r *restorer) openIn(t *tracee, path string, flags uint64) (uint64, error) 
 // read-only mappings, FOLL_FORCE) into the others.
 func (r *restorer) writePages(rt *rtask) error {
 	mm := rt.rec.Mm
-	if mm.PagesFile == "" || mm.PagesSize == 0 {
-		return nil
-	}
-	if filepath.Base(mm.PagesFile) != mm.PagesFile {
-		return fmt.Errorf("pages file name %q", mm.PagesFile)
-	}
-	f, err := os.Open(filepath.Join(r.opts.ImageDir, mm.PagesFile))
+	// The task's own pages file and, for an incremental image, the parents'
+	// (dirty_linux.go).
+	files, release, err := mapPagesFiles(r.opts.ImageDir, mm)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	if fi, err := f.Stat(); err != nil || uint64(fi.Size()) < mm.PagesSize {
-		return fmt.Errorf("pages file %s is shorter than %d bytes", mm.PagesFile, mm.PagesSize)
+	defer release()
+	if files == nil {
+		return nil
 	}
-	data, err := unix.Mmap(int(f.Fd()), 0, int(mm.PagesSize), unix.PROT_READ, unix.MAP_PRIVATE|unix.MAP_POPULATE)
-	if err != nil {
-		return fmt.Errorf("map %s: %w", mm.PagesFile, err)
-	}
-	defer unix.Munmap(data)
 	t := rt.lead()
 	if err := t.openMem(); err != nil {
 		return err
@@ -877,7 +867,7 @@ func (r *restorer) writePages(rt *rtask) error {
 	for _, v := range mm.Vmas {
 		writable := v.Prot&image.ProtWrite != 0
 		for _, p := range v.Pages {
-			src := data[p.Off : p.Off+p.Len]
+			src := files[p.File][p.Off : p.Off+p.Len]
 			if !writable {
 				if _, err := t.mem.WriteAt(src, int64(p.Addr)); err != nil {
 					return fmt.Errorf("write %d bytes at %#x: %w", len(src), p.Addr, err)

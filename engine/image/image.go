@@ -301,6 +301,9 @@ type Mm struct {
 	PagesFile string `json:"pages_file,omitempty"`
 	// PagesSize is the size of the pages file.
 	PagesSize uint64 `json:"pages_size,omitempty"`
+	// ParentPages are the pages files of earlier generations that the runs
+	// of an incremental image refer to (PageRun.File, incremental.go).
+	ParentPages []ParentPages `json:"parent_pages,omitempty"`
 }
 
 // VMA kinds.
@@ -361,6 +364,9 @@ type PageRun struct {
 	Addr uint64 `json:"addr"`
 	Len  uint64 `json:"len"`
 	Off  uint64 `json:"off"`
+	// File is 0 for the task's own pages file, i > 0 for Mm.ParentPages[i-1]
+	// (an incremental image; never set in Inventory.Shmems runs).
+	File int `json:"file,omitempty"`
 }
 
 // Fd kinds.

@@ -63,7 +63,7 @@ func (inv *Inventory) Validate() error {
 		shm[o.ID] = true
 		var next uint64
 		for _, r := range o.Runs {
-			if r.Len == 0 || r.Addr < next || r.Addr+r.Len < r.Addr || r.Addr+r.Len > o.Size+PageSize ||
+			if r.Len == 0 || r.File != 0 || r.Addr < next || r.Addr+r.Len < r.Addr || r.Addr+r.Len > o.Size+PageSize ||
 				r.Off+r.Len < r.Off || r.Off+r.Len > o.PagesSize {
 				return bad("shmem %d: run %#x+%#x at %#x", o.ID, r.Addr, r.Len, r.Off)
 			}
@@ -189,6 +189,9 @@ func (t *Task) Validate() error {
 // Validate checks that the mappings are ordered, page aligned, and that every
 // page run lies inside its mapping and inside the pages file.
 func (mm *Mm) Validate() error {
+	if err := mm.validateParentPages(); err != nil {
+		return err
+	}
 	var prevEnd uint64
 	for i, v := range mm.Vmas {
 		if v.Start%PageSize != 0 || v.End%PageSize != 0 || v.Start >= v.End || v.End > userTop {
@@ -227,8 +230,12 @@ func (mm *Mm) Validate() error {
 				p.Addr+p.Len < p.Addr || p.Addr+p.Len > v.End {
 				return bad("vma %#x-%#x: page run %#x+%#x", v.Start, v.End, p.Addr, p.Len)
 			}
-			if p.Off%PageSize != 0 || p.Off+p.Len < p.Off || p.Off+p.Len > mm.PagesSize {
-				return bad("vma %#x: page run at file offset %#x+%#x beyond the pages file (%d bytes)", v.Start, p.Off, p.Len, mm.PagesSize)
+			name, size, ok := mm.PagesFileOf(p.File)
+			if !ok {
+				return bad("vma %#x: page run in pages file %d of %d", v.Start, p.File, len(mm.ParentPages))
+			}
+			if p.Off%PageSize != 0 || p.Off+p.Len < p.Off || p.Off+p.Len > size {
+				return bad("vma %#x: page run at file offset %#x+%#x beyond the pages file %s (%d bytes)", v.Start, p.Off, p.Len, name, size)
 			}
 			next = p.Addr + p.Len
 		}

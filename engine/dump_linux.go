@@ -332,7 +332,7 @@ func (d *dumper) waitSeized(t *dtask, th *tracee) error {
 	if err != nil {
 		return err
 	}
-	th.regs = regs
+	th.regs, th.haveRegs = regs, true
 	if th.sigmask, err = ptrace.GetSigmask(th.tid); err != nil {
 		return err
 	}
@@ -372,7 +372,9 @@ func (d *dumper) finish(ok bool) error {
 			}
 		}
 		for _, th := range t.threads {
-			if !kill {
+			// Registers are put back only if they were read: a thread
+			// interrupted but never waited for has nothing to put back.
+			if !kill && th.haveRegs {
 				if err := ptrace.SetRegs(th.tid, &th.regs); err != nil {
 					errs = append(errs, err)
 				}

@@ -19,8 +19,10 @@ type tracee struct {
 	tid int // host TID
 	// regs are the registers at seize time: the template of every injected
 	// call, and what the thread gets back when it is detached after a dump.
-	regs    ptrace.Regs
-	sigmask uint64
+	regs ptrace.Regs
+	// haveRegs says regs were read from the thread (not just zero).
+	haveRegs bool
+	sigmask  uint64
 	// gadget is the address of a `syscall` instruction in the task.
 	gadget uint64
 	// mem is /proc/TID/mem opened read-write (nil until needed).

@@ -390,7 +390,12 @@ func (d *dumper) incremental(t *dtask) bool { return d.dirty.tasks[t] != nil }
 // proven or found unchanged, written to the task's pages file otherwise.
 func (d *dumper) emit(t *dtask, pw *pageWriter, v *image.Vma, m procfs.Mapping, a, e, cat uint64) error {
 	dt := d.dirty.tasks[t]
-	tracked := dt.tracked && v.Kind == image.VmaAnon && m.HasFlag("uw") && cat&pageIsWritten == 0
+	// In a tracked mapping WRITTEN says it all: written pages are written,
+	// the others are the parent's. Elsewhere the parent's bytes are compared.
+	tracked := dt.tracked && v.Kind == image.VmaAnon && m.HasFlag("uw")
+	if tracked && cat&pageIsWritten != 0 {
+		return d.writeOwn(dt, pw, v, a, e)
+	}
 	i := sort.Search(len(dt.runs), func(i int) bool { return dt.runs[i].addr+dt.runs[i].len > a })
 	for a < e {
 		var pr *parentRun

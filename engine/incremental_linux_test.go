@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -226,4 +227,49 @@ func TestIncrementalBadParent(t *testing.T) {
 		t.Fatal("the tree is still traced after a failed dump")
 	}
 	nextRound(t, pid, status, s0)
+}
+
+// BenchmarkIncremental1Percent times an incremental dump (parent: the
+// previous dump, tracker armed by it) after 1% of 512 MiB of touched memory
+// changed, and reports its size next to a full dump's time and size.
+func BenchmarkIncremental1Percent(b *testing.B) {
+	testutil.RequiresRoot(b)
+	const mib = 512
+	bin := buildC(b, "incr")
+	dir := b.TempDir()
+	status := filepath.Join(dir, "status")
+	fz := newCgroupFreezer(b)
+	cmd := startInNewPidns(b, fz, bin, strconv.Itoa(mib), status)
+	pid := cmd.Process.Pid
+	s := waitIncr(b, status, func(s incrStatus) bool { return s.Seq >= 1 })
+	ctx := context.Background()
+	prev := filepath.Join(dir, "full")
+	start := time.Now()
+	full, err := Dump(ctx, DumpOptions{Pid: pid, Freezer: fz, ImageDir: prev, LeaveRunning: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	fullTime := time.Since(start)
+	var written uint64
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		s = nextRound(b, pid, status, s)
+		img := filepath.Join(dir, "incr"+strconv.Itoa(i))
+		b.StartTimer()
+		res, err := Dump(ctx, DumpOptions{Pid: pid, Freezer: fz, ImageDir: img, LeaveRunning: true, Parent: prev})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		linkParent(b, img, prev)
+		written += res.PageBytes
+		prev = img
+		b.StartTimer()
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(full.PageBytes)/(1<<20), "full-MiB")
+	b.ReportMetric(float64(fullTime.Milliseconds()), "full-ms")
+	b.ReportMetric(float64(written)/float64(b.N)/(1<<20), "incr-MiB")
+	b.ReportMetric(100*float64(written)/float64(b.N)/float64(full.PageBytes), "incr-%")
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -173,34 +174,16 @@ var restoreCommand = &cli.Command{
 			image = "checkpoint"
 		}
 		opts := runtime.RestoreOpts{CreateOpts: createOpts(ctx), ImagePath: image, WorkPath: ctx.String("work-path")}
+		// Without a config.json in the bundle the restore uses the spec
+		// saved in the image (a container moved with just its rootfs).
 		spec, err := oci.LoadSpec(opts.Bundle)
-		if err != nil {
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
 		opts.Spec = spec
-		detach := ctx.Bool("detach")
-		var tty *ttyProxy
-		if spec.Process != nil && spec.Process.Terminal && !detach && opts.ConsoleSocket == "" {
-			if tty, err = newTTYProxy(); err != nil {
-				return err
-			}
-			defer tty.close()
-			opts.ConsoleSocket = tty.sock.Path()
-		}
-		c, err := r.Restore(ctx.Context, ctx.Args().First(), opts)
-		if err != nil {
-			return err
-		}
-		if tty != nil {
-			if err := tty.attach(); err != nil {
-				_ = c.Delete(ctx.Context, true)
-				return err
-			}
-		}
-		if detach {
-			return nil
-		}
-		return waitForeground(ctx, c, tty, false)
+		return launch(ctx, spec, &opts.CreateOpts, ctx.Bool("detach"), false, func() (*runtime.Container, error) {
+			return r.Restore(ctx.Context, ctx.Args().First(), opts)
+		})
 	},
 }
 

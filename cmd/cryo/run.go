@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	"github.com/containerd/console"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/sirupsen/logrus"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
@@ -36,34 +37,47 @@ var runCommand = &cli.Command{
 			return err
 		}
 		opts.Spec = spec
-		detach := ctx.Bool("detach")
-		var tty *ttyProxy
-		if spec.Process != nil && spec.Process.Terminal && !detach && opts.ConsoleSocket == "" {
-			if tty, err = newTTYProxy(); err != nil {
-				return err
-			}
-			defer tty.close()
-			opts.ConsoleSocket = tty.sock.Path()
-		}
-		c, err := r.Create(ctx.Context, ctx.Args().First(), opts)
-		if err != nil {
+		return launch(ctx, spec, &opts, ctx.Bool("detach"), true, func() (*runtime.Container, error) {
+			return r.Create(ctx.Context, ctx.Args().First(), opts)
+		})
+	},
+}
+
+// launch makes a container with create (a create or a restore) and, unless
+// detached, waits for it in the foreground and returns its exit status. When
+// the process has a terminal and the caller stays attached, the pty is
+// proxied to the caller's stdio. start is false when create leaves the
+// container running already (a restore).
+func launch(ctx *cli.Context, spec *specs.Spec, opts *runtime.CreateOpts, detach, start bool, create func() (*runtime.Container, error)) error {
+	var tty *ttyProxy
+	if spec != nil && spec.Process != nil && spec.Process.Terminal && !detach && opts.ConsoleSocket == "" {
+		var err error
+		if tty, err = newTTYProxy(); err != nil {
 			return err
 		}
-		if tty != nil {
-			if err := tty.attach(); err != nil {
-				_ = c.Delete(ctx.Context, true)
-				return err
-			}
+		defer tty.close()
+		opts.ConsoleSocket = tty.sock.Path()
+	}
+	c, err := create()
+	if err != nil {
+		return err
+	}
+	if tty != nil {
+		if err := tty.attach(); err != nil {
+			_ = c.Delete(ctx.Context, true)
+			return err
 		}
-		if !detach {
-			return waitForeground(ctx, c, tty, true)
-		}
+	}
+	if !detach {
+		return waitForeground(ctx, c, tty, start)
+	}
+	if start {
 		if err := c.Start(ctx.Context); err != nil {
 			_ = c.Delete(ctx.Context, true)
 			return err
 		}
-		return nil
-	},
+	}
+	return nil
 }
 
 // waitForeground starts c (unless it runs already, as after a restore),

@@ -80,6 +80,21 @@
 // device and userfaultfd mappings, stopped or foreign-traced tasks, tasks in
 // other namespaces or with another root than the root task, strict seccomp.
 //
+// # Incremental dumps
+//
+// A dump with DumpOptions.Parent writes only the pages that changed since
+// the parent image and refers to the parent's pages files for the rest
+// (image.PageRun.File, "parent/pages-<pid>.img", deeper for older
+// generations). What changed is known without soft-dirty bits (absent from
+// this kernel): every LeaveRunning dump arms a userfaultfd in WP_ASYNC mode
+// in each task (created inside the task, registered and write-protected
+// from the engine through pidfd_getfd, kept open in the task at a high fd
+// since its registrations end with its last reference) and records it in
+// tracking.json; the next dump reads PAGEMAP_SCAN's PAGE_IS_WRITTEN. Where
+// the tracker cannot be trusted the pages are compared with the parent's
+// bytes. dirty_linux.go documents what was measured and why the result is
+// never a wrong image.
+//
 // # Processes the engine must not be mixed with
 //
 // The engine waits for its tracees with wait4(tid, __WALL). A thread of the

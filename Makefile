@@ -41,8 +41,8 @@ root-test: binaries ## run the unit and root tests, without integration
 integration: binaries ## run the black-box tests against real binaries and a real containerd
 	$(GOTEST) -count=1 -p 1 -timeout 60m $(TESTFLAGS) ./integration/...
 
-bench: binaries ## run the benchmarks (engine, runtime, shim) and print their numbers
-	$(GOTEST) -count=1 -p 1 -run '^$$' -bench . -benchtime 5x -timeout 60m $(TESTFLAGS) ./...
+bench: binaries ## run the benchmarks (container checkpoint/restore/stall, lifecycle vs runc, engine, oci) and print a table
+	GO=$(GO) ./docs/bench.sh
 
 demo: binaries ## run a container, checkpoint it, restore it and show it continuing
 	./docs/demo.sh

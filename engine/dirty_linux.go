@@ -85,8 +85,10 @@ type dirtyState struct {
 	// foreign is set when some task holds a userfaultfd that is not ours.
 	foreign bool
 	tasks   map[*dtask]*dirtyTask
-	// maps are the parent pages files mapped for comparisons.
-	maps map[string][]byte
+	// maps are the parents' page data mapped for comparisons, by name (of
+	// the first file, relative to the new image).
+	maps   map[string][]byte
+	unmaps []func()
 	// armed are the trackers armed after this dump.
 	armed []image.Tracker
 	stats incrStats
@@ -100,9 +102,15 @@ type incrStats struct {
 type dirtyTask struct {
 	// tracked says WRITTEN can be trusted in the task's "uw" mappings.
 	tracked bool
-	// runs are the parent's page runs, by address, with the file they are in
-	// (named relative to the new image).
-	runs  []parentRun
+	// runs are the parent's page runs, by address, with the page data they
+	// are in (an index in gens).
+	runs []parentRun
+	// gens are the page data the parent's runs refer to (its own and its
+	// parents'), named relative to the new image, and as the parent image
+	// names them (pgens, relative to the parent directory).
+	gens  []image.ParentPages
+	pgens []image.PagesData
+	// files are the page data the new image's runs refer to, index by name.
 	files []image.ParentPages
 	index map[string]int
 	buf   []byte
@@ -110,7 +118,7 @@ type dirtyTask struct {
 
 type parentRun struct {
 	addr, len, off uint64
-	file           string
+	gen            int
 }
 
 func newDirtyState(parentDir string) (*dirtyState, error) {
@@ -142,10 +150,10 @@ func newDirtyState(parentDir string) (*dirtyState, error) {
 
 // release unmaps the parent files.
 func (s *dirtyState) release() {
-	for name, b := range s.maps {
-		_ = unix.Munmap(b)
-		delete(s.maps, name)
+	for _, u := range s.unmaps {
+		u()
 	}
+	s.unmaps, s.maps = nil, map[string][]byte{}
 }
 
 // isTracker says whether fd of the task with host PID pid is an engine tracker.
@@ -255,25 +263,29 @@ func (s *dirtyState) prepareTask(t *dtask) (*dirtyTask, error) {
 	}
 	dt := &dirtyTask{index: map[string]int{}}
 	pm := prec.Mm
-	// The parent's files, named relative to the new image, checked to be there.
-	names := make([]string, len(pm.ParentPages)+1)
-	for i := range names {
-		name, size, _ := pm.PagesFileOf(i)
-		if size == 0 {
+	// The parent's page data (each generation's files, split or not), named
+	// relative to the new image, checked to be there.
+	dt.gens = make([]image.ParentPages, len(pm.ParentPages)+1)
+	dt.pgens = make([]image.PagesData, len(pm.ParentPages)+1)
+	for i := range dt.gens {
+		data, _ := pm.PagesDataOf(i)
+		if data.Size == 0 {
 			continue
 		}
-		fi, err := os.Stat(filepath.Join(s.parentDir, name))
-		if err != nil {
-			return nil, fmt.Errorf("parent image %s: %w", s.parentDir, err)
+		for k, name := range data.Files {
+			fi, err := os.Stat(filepath.Join(s.parentDir, name))
+			if err != nil {
+				return nil, fmt.Errorf("parent image %s: %w", s.parentDir, err)
+			}
+			if n := data.Len(k); uint64(fi.Size()) < n {
+				return nil, fmt.Errorf("parent image %s: %s holds %d bytes, its records say %d", s.parentDir, name, fi.Size(), n)
+			}
 		}
-		if uint64(fi.Size()) < size {
-			return nil, fmt.Errorf("parent image %s: %s holds %d bytes, its records say %d", s.parentDir, name, fi.Size(), size)
-		}
-		names[i] = image.ParentDir + "/" + name
+		dt.gens[i], dt.pgens[i] = data.Parent(), data
 	}
 	for _, v := range pm.Vmas {
 		for _, p := range v.Pages {
-			dt.runs = append(dt.runs, parentRun{addr: p.Addr, len: p.Len, off: p.Off, file: names[p.File]})
+			dt.runs = append(dt.runs, parentRun{addr: p.Addr, len: p.Len, off: p.Off, gen: p.File})
 		}
 	}
 	sort.Slice(dt.runs, func(i, j int) bool { return dt.runs[i].addr < dt.runs[j].addr })
@@ -417,9 +429,9 @@ func (d *dumper) emit(t *dtask, pw *pageWriter, v *image.Vma, m procfs.Mapping, 
 		end := min(e, pr.addr+pr.len)
 		off := pr.off + (a - pr.addr)
 		if tracked {
-			dt.ref(v, pr.file, a, end-a, off)
+			dt.ref(v, pr.gen, a, end-a, off)
 			d.dirty.stats.Reused += end - a
-		} else if err := d.compare(t, dt, pw, v, pr.file, a, end, off); err != nil {
+		} else if err := d.compare(t, dt, pw, v, pr.gen, a, end, off); err != nil {
 			return err
 		}
 		a = end
@@ -440,13 +452,14 @@ func (d *dumper) writeOwn(dt *dirtyTask, pw *pageWriter, v *image.Vma, a, e uint
 	return nil
 }
 
-// ref records that [a, a+n) is at off in the parent file name.
-func (dt *dirtyTask) ref(v *image.Vma, name string, a, n, off uint64) {
-	idx, ok := dt.index[name]
+// ref records that [a, a+n) is at off in the parent's page data gen.
+func (dt *dirtyTask) ref(v *image.Vma, gen int, a, n, off uint64) {
+	g := dt.gens[gen]
+	idx, ok := dt.index[g.Name]
 	if !ok {
-		dt.files = append(dt.files, image.ParentPages{Name: name})
+		dt.files = append(dt.files, g)
 		idx = len(dt.files)
-		dt.index[name] = idx
+		dt.index[g.Name] = idx
 	}
 	dt.appendRun(v, image.PageRun{Addr: a, Len: n, Off: off, File: idx})
 }
@@ -463,14 +476,14 @@ func (dt *dirtyTask) appendRun(v *image.Vma, r image.PageRun) {
 }
 
 // compare reads [a, e) from the task and keeps the parent's bytes (at off in
-// file name) for every page that is still the same.
-func (d *dumper) compare(t *dtask, dt *dirtyTask, pw *pageWriter, v *image.Vma, name string, a, e, off uint64) error {
-	pdata, err := d.dirty.mapParent(name)
+// its page data gen) for every page that is still the same.
+func (d *dumper) compare(t *dtask, dt *dirtyTask, pw *pageWriter, v *image.Vma, gen int, a, e, off uint64) error {
+	pdata, err := d.dirty.mapParent(dt.gens[gen].Name, dt.pgens[gen])
 	if err != nil {
 		return err
 	}
 	if off+(e-a) > uint64(len(pdata)) {
-		return fmt.Errorf("parent image: %s is shorter than its records say", name)
+		return fmt.Errorf("parent image: %s is shorter than its records say", dt.gens[gen].Name)
 	}
 	const chunk = 4 << 20
 	if dt.buf == nil {
@@ -490,7 +503,7 @@ func (d *dumper) compare(t *dtask, dt *dirtyTask, pw *pageWriter, v *image.Vma, 
 				q += image.PageSize
 			}
 			if same {
-				dt.ref(v, name, a+p, q-p, off+p)
+				dt.ref(v, gen, a+p, q-p, off+p)
 				d.dirty.stats.Reused += q - p
 			} else {
 				o, err := pw.addBytes(b[p:q])
@@ -506,19 +519,6 @@ func (d *dumper) compare(t *dtask, dt *dirtyTask, pw *pageWriter, v *image.Vma, 
 		off += n
 	}
 	return nil
-}
-
-// addBytes appends data already read to the pages file and returns its offset.
-func (w *pageWriter) addBytes(b []byte) (uint64, error) {
-	if err := w.flush(); err != nil {
-		return 0, err
-	}
-	if _, err := w.f.Write(b); err != nil {
-		return 0, fmt.Errorf("write pages of pid %d: %w", w.pid, err)
-	}
-	off := w.off
-	w.off += uint64(len(b))
-	return off, nil
 }
 
 // readTask reads the task's memory at addr (process_vm_readv, then
@@ -537,47 +537,27 @@ func readTask(pid int, mem *os.File, addr uint64, b []byte) error {
 	return nil
 }
 
-func (s *dirtyState) mapParent(name string) ([]byte, error) {
-	if b, ok := s.maps[name]; ok {
+// mapParent maps the parent's page data (the concatenation of its files,
+// named relative to the parent directory), once per dump; key is its name
+// relative to the new image.
+func (s *dirtyState) mapParent(key string, data image.PagesData) ([]byte, error) {
+	if b, ok := s.maps[key]; ok {
 		return b, nil
 	}
-	rel, ok := strings.CutPrefix(name, image.ParentDir+"/")
-	if !ok {
-		return nil, fmt.Errorf("parent pages file %q", name)
-	}
-	f, err := os.Open(filepath.Join(s.parentDir, rel))
+	b, unmap, err := mapPages(s.parentDir, data, false)
 	if err != nil {
 		return nil, fmt.Errorf("parent image: %w", err)
 	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if fi.Size() == 0 {
-		return nil, nil
-	}
-	b, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ, unix.MAP_SHARED)
-	if err != nil {
-		return nil, fmt.Errorf("map %s: %w", name, err)
-	}
-	s.maps[name] = b
+	s.maps[key] = b
+	s.unmaps = append(s.unmaps, unmap)
 	return b, nil
 }
 
-// finishMm fills in the parent pages files that t's runs refer to.
+// finishMm records the parents' page data that t's runs refer to.
 func (d *dumper) finishMm(t *dtask, mm *image.Mm) error {
 	dt := d.dirty.tasks[t]
 	if dt == nil {
 		return nil
-	}
-	for i := range dt.files {
-		rel := strings.TrimPrefix(dt.files[i].Name, image.ParentDir+"/")
-		fi, err := os.Stat(filepath.Join(d.dirty.parentDir, rel))
-		if err != nil {
-			return fmt.Errorf("parent image: %w", err)
-		}
-		dt.files[i].Size = uint64(fi.Size())
 	}
 	mm.ParentPages = dt.files
 	return nil
@@ -724,56 +704,4 @@ func uffdIoctl(fd int, req uintptr, arg unsafe.Pointer) error {
 		return e
 	}
 	return nil
-}
-
-// mapPagesFiles maps the pages files that the runs of mm refer to: index 0
-// is the task's own file, i the parent file mm.ParentPages[i-1]. Nil when
-// there are no pages.
-func mapPagesFiles(dir string, mm *image.Mm) ([][]byte, func(), error) {
-	files := make([][]byte, len(mm.ParentPages)+1)
-	release := func() {
-		for _, b := range files {
-			if b != nil {
-				_ = unix.Munmap(b)
-			}
-		}
-	}
-	any := false
-	for i := range files {
-		name, size, _ := mm.PagesFileOf(i)
-		if size == 0 {
-			continue
-		}
-		if i == 0 && filepath.Base(name) != name || i > 0 && !image.ValidParentPagesName(name) {
-			release()
-			return nil, nil, fmt.Errorf("pages file name %q", name)
-		}
-		b, err := mapFile(filepath.Join(dir, name), size)
-		if err != nil {
-			release()
-			return nil, nil, err
-		}
-		files[i] = b
-		any = true
-	}
-	if !any {
-		return nil, release, nil
-	}
-	return files, release, nil
-}
-
-func mapFile(path string, size uint64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	if fi, err := f.Stat(); err != nil || uint64(fi.Size()) < size {
-		return nil, fmt.Errorf("pages file %s is shorter than %d bytes", path, size)
-	}
-	b, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ, unix.MAP_PRIVATE|unix.MAP_POPULATE)
-	if err != nil {
-		return nil, fmt.Errorf("map %s: %w", path, err)
-	}
-	return b, nil
 }

@@ -50,6 +50,7 @@ type dumper struct {
 	shmems *shmemTable
 	result DumpResult
 	dirty  *dirtyState // dirty_linux.go: trackers and the parent image
+	pages  *pagePool   // copy buffers (pages_linux.go)
 }
 
 const scratchSize = 4 * image.PageSize
@@ -83,6 +84,8 @@ func Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) {
 	d := &dumper{opts: opts, byPid: map[int]*dtask{}, files: newFileTable(), shmems: newShmemTable(opts.ImageDir), dirty: dirty}
 	d.files.shmems = d.shmems
 	d.files.skip = dirty.isTracker
+	d.pages = newPagePool()
+	defer d.pages.release()
 	err = d.run(ctx)
 	d.result.ParentBytes, d.result.ComparedBytes = dirty.stats.Reused, dirty.stats.Compared
 	if err == nil && opts.LeaveRunning {
@@ -910,16 +913,20 @@ func (d *dumper) dumpMm(t *dtask, maps []procfs.Mapping) (*image.Mm, error) {
 	if err != nil {
 		return nil, err
 	}
-	name := image.PagesFile(t.nspid)
-	pf, err := os.OpenFile(filepath.Join(d.opts.ImageDir, name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	defer pf.Close()
 	if err := lead.openMem(); err != nil {
 		return nil, err
 	}
-	pw := newPageWriter(t.pid, pf, lead.mem)
+	name := image.PagesFile(t.nspid)
+	pw, err := newPageWriter(t.pid, lead.mem, d.pages, d.opts.HashPages, func(k int) (*os.File, error) {
+		n := name
+		if k > 0 {
+			n = image.PagesPartFile(t.nspid, k)
+		}
+		return os.OpenFile(filepath.Join(d.opts.ImageDir, n), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	})
+	if err != nil {
+		return nil, err
+	}
 	defer pw.release()
 	ri := 0
 	for _, m := range maps {
@@ -960,11 +967,22 @@ func (d *dumper) dumpMm(t *dtask, maps []procfs.Mapping) (*image.Mm, error) {
 		}
 		mm.Vmas = append(mm.Vmas, *v)
 	}
-	if err := pw.flush(); err != nil {
+	parts, digests, err := pw.finish()
+	if err != nil {
 		return nil, err
 	}
-	if err := pf.Close(); err != nil {
-		return nil, err
+	files := []string{name}
+	for k := 1; k < parts; k++ {
+		files = append(files, image.PagesPartFile(t.nspid, k))
+	}
+	if parts > 1 {
+		mm.PagesParts, mm.PagesPartSize = files[1:], pagesPartSize
+	}
+	for k, dg := range digests {
+		if d.result.PageDigests == nil {
+			d.result.PageDigests = map[string]string{}
+		}
+		d.result.PageDigests[files[k]] = dg
 	}
 	mm.PagesFile, mm.PagesSize = name, pw.off
 	if err := d.finishMm(t, mm); err != nil {
@@ -972,7 +990,7 @@ func (d *dumper) dumpMm(t *dtask, maps []procfs.Mapping) (*image.Mm, error) {
 	}
 	t.info.MemBytes = pw.off
 	d.result.PageBytes += pw.off
-	d.result.PageFiles = append(d.result.PageFiles, name)
+	d.result.PageFiles = append(d.result.PageFiles, files...)
 	if err := mm.Validate(); err != nil {
 		return nil, err
 	}

@@ -53,6 +53,11 @@ type DumpOptions struct {
 	// An error from it fails the dump and the tree is left running, so a
 	// caller can make the image durable (pack it) before the tree dies.
 	Commit func(*DumpResult) error
+	// HashPages computes the sha256 of each pages file while it is written
+	// (DumpResult.PageDigests), overlapped with the copy, so that packing
+	// need not read the files again. It costs CPU while the tree is stopped:
+	// leave it off when the stall matters more than the total time.
+	HashPages bool
 }
 
 // ProcessInfo summarises one dumped process.
@@ -77,6 +82,9 @@ type DumpResult struct {
 	PageBytes uint64 `json:"page_bytes"`
 	// PageFiles are the names of the page files written in ImageDir.
 	PageFiles []string `json:"page_files"`
+	// PageDigests are "sha256:<hex>" digests of page files, by name, when
+	// DumpOptions.HashPages asked for them.
+	PageDigests map[string]string `json:"page_digests,omitempty"`
 	// RecordFiles are the names of every other file written in ImageDir.
 	RecordFiles []string `json:"record_files"`
 	// Kernel is the release of the kernel the dump ran on.

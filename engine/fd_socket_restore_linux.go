@@ -448,8 +448,25 @@ func restoreTCP(c int, s *image.Socket) error {
 	if err := unix.Bind(c, local); err != nil {
 		return fmt.Errorf("bind to %s: %w", s.Local, err)
 	}
+	// The repair connect sizes the segments (mss_cache) from the MSS
+	// clamp it knows then, 536 without a SYN; TCP_REPAIR_OPTIONS below
+	// only moves the clamp, so the connection would go on in 524-byte
+	// segments. A user MSS during the connect makes it size them from the
+	// saved clamp (at most 32767, the kernel's limit for TCP_MAXSEG); it is
+	// unset again right after.
+	userMSS := tcp.MSS >= 88
+	if userMSS {
+		if err := set("TCP_MAXSEG", unix.TCP_MAXSEG, int(min(tcp.MSS, 32767))); err != nil {
+			return err
+		}
+	}
 	if err := unix.Connect(c, remote); err != nil {
 		return fmt.Errorf("connect (repair) to %s: %w", s.Remote, err)
+	}
+	if userMSS {
+		if err := set("TCP_MAXSEG", unix.TCP_MAXSEG, 0); err != nil {
+			return err
+		}
 	}
 	var opts []byte
 	le := binary.LittleEndian

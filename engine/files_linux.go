@@ -88,6 +88,16 @@ func (ft *fileTable) external(pid, fd int) int {
 	return -1
 }
 
+// reachable reports whether path, resolved in the root and mount namespace
+// of pid, is the file st describes.
+func reachable(pid int, path string, st *unix.Stat_t) bool {
+	var in unix.Stat_t
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/root%s", pid, path), &in); err != nil {
+		return false
+	}
+	return in.Dev == st.Dev && in.Ino == st.Ino
+}
+
 // devicesByPath are character devices that are reopened by path.
 var devicesByPath = map[string]bool{
 	"/dev/null": true, "/dev/zero": true, "/dev/full": true, "/dev/random": true, "/dev/urandom": true,
@@ -206,6 +216,14 @@ func (ft *fileTable) dumpFd(t *dtask, fd int) (*image.Fd, error) {
 		return ft.dumpDeleted(t, fd, out, target, &st) // fd_event_linux.go
 	}
 	path, err := inRoot(t.root, target)
+	if (mode == unix.S_IFREG || mode == unix.S_IFDIR) && (err != nil || !reachable(t.pid, path, &st)) {
+		// A file the container cannot name (the caller's log file given
+		// as the init's stdout): only the tree's stdio may be one.
+		if isExternal() {
+			return out, nil
+		}
+		return nil, fmt.Errorf("%s: the file is outside the container's root (not reachable as %q from pid %d): %w", target, path, t.pid, ErrUnsupported)
+	}
 	if err != nil {
 		return nil, err
 	}

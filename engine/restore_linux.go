@@ -821,9 +821,9 @@ func (r *restorer) openIn(t *tracee, path string, flags uint64) (uint64, error) 
 // read-only mappings, FOLL_FORCE) into the others.
 func (r *restorer) writePages(rt *rtask) error {
 	mm := rt.rec.Mm
-	// The task's own pages file and, for an incremental image, the parents'
-	// (dirty_linux.go).
-	files, release, err := mapPagesFiles(r.opts.ImageDir, mm)
+	// The task's own page data and, for an incremental image, the parents'
+	// (every generation's parts mapped contiguously, pages_linux.go).
+	files, release, err := mapPagesChain(r.opts.ImageDir, mm)
 	if err != nil {
 		return err
 	}

@@ -33,7 +33,7 @@ func exportCheckpoint(t *testing.T, d *harness.Daemon, r ckRuntime, id, ref stri
 // the shell continues, with the same PIDs (init 1, the sleep child's).
 func restoreExported(t *testing.T, d *harness.Daemon, archive, ref, newID string, before, after reading, sleeper int) {
 	t.Helper()
-	mustCtr(t, d, "images", "import", "--no-unpack", archive)
+	mustCtr(t, d, "images", "import", archive)
 	t.Cleanup(func() { d.Ctr(testCtx(t), "images", "rm", ref) })
 	start := time.Now()
 	mustCtr(t, d, "containers", "restore", "--live", newID, ref)

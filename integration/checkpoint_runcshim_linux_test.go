@@ -1,8 +1,6 @@
 package integration
 
 import (
-	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 )
@@ -55,35 +53,4 @@ func TestRuncShimCheckpointRestore(t *testing.T) {
 	rt := waitStatus(t, d, newID, "RUNNING")
 	// the checkpoint was taken between the readings before and after
 	assertContinues(t, rt.pid, before, after.n, start)
-}
-
-// TestRuncShimTaskCheckpointExit checkpoints with `ctr tasks checkpoint --exit` through the
-// runc shim and cryo: the task stops once its image is written, the image (named
-// containerd.io/checkpoint/<id>:<date>) holds cryo's layout of the counter, and `ctr tasks
-// checkpoint --image-path DIR` writes the layout straight into DIR.
-func TestRuncShimTaskCheckpointExit(t *testing.T) {
-	d := sharedDaemon(t)
-	id := containerID(t, runcRT, "c")
-	a := append([]string{"run", "-d"}, runcShimCryoFlags(d, d.Snapshotter, d.Bins().Cryo)...)
-	mustCtr(t, d, append(a, busybox, id, "sh", "-c", tokenLoop)...)
-	t.Cleanup(func() { removeContainer(t, d, id) })
-	ti := waitStatus(t, d, id, "RUNNING")
-	waitToken(t, ti.pid, 3)
-
-	// into a directory of ours, leaving the task running
-	dir := filepath.Join(t.TempDir(), "ck")
-	mustCtr(t, d, "tasks", "checkpoint", "--image-path", dir, id)
-	assertCounterImage(t, cryoInspect(t, dir), id)
-	if st := waitStatus(t, d, id, "RUNNING"); st.pid != ti.pid {
-		t.Fatalf("task pid changed from %d to %d by a leave-running checkpoint", ti.pid, st.pid)
-	}
-
-	// into containerd's store, stopping the task
-	ref := strings.TrimSpace(mustCtr(t, d, "tasks", "checkpoint", "--exit", id))
-	if !strings.HasPrefix(ref, "containerd.io/checkpoint/"+id+":") {
-		t.Fatalf("ctr tasks checkpoint printed %q", ref)
-	}
-	t.Cleanup(func() { d.Ctr(testCtx(t), "images", "rm", ref) })
-	waitStatus(t, d, id, "STOPPED")
-	assertCounterImage(t, cryoInspect(t, checkpointLayout(t, d, ref)), id)
 }

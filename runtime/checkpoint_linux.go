@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/containerd/log"
+	digest "github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
@@ -106,13 +107,24 @@ func (c *Container) Checkpoint(ctx context.Context, opts CheckpointOpts) (_ *oci
 		wopts.Owner = &oci.Owner{UID: uid, GID: gid}
 	}
 	var written *oci.WriteResult
+	var packTime time.Duration
 	pack := func(res *engine.DumpResult) error {
+		defer func(start time.Time) { packTime = time.Since(start); timePhase(ctx, "pack", start) }(time.Now())
 		cfg.Processes = processSummary(res)
 		cfg.Engine = map[string]string{
 			"pageBytes": strconv.FormatUint(res.PageBytes, 10),
 			"kernel":    res.Kernel,
 		}
-		w, err := oci.WriteCheckpoint(image, filepath.Join(work, "engine"), cfg, wopts)
+		wo := wopts
+		if len(res.PageDigests) > 0 {
+			// Computed while the pages were copied: packing links the
+			// files without reading them again (a restore verifies them).
+			wo.Digests = map[string]digest.Digest{}
+			for name, d := range res.PageDigests {
+				wo.Digests[name] = digest.Digest(d)
+			}
+		}
+		w, err := oci.WriteCheckpoint(image, filepath.Join(work, "engine"), cfg, wo)
 		if err != nil {
 			return fmt.Errorf("write checkpoint image %s: %w", image, err)
 		}
@@ -142,10 +154,19 @@ func (c *Container) Checkpoint(ctx context.Context, opts CheckpointOpts) (_ *oci
 	}
 	if !opts.LeaveRunning {
 		// Write the image while the tree is still stopped: the container is
-		// killed only once its image is safe.
+		// killed only once its image is safe. The page digests are computed
+		// during the copy, on the other core. With LeaveRunning the stall
+		// is what counts: packing hashes them after the tree runs again.
 		dopts.Commit = pack
+		dopts.HashPages = true
 	}
+	dumpStart := time.Now()
 	res, err := engine.Dump(ctx, dopts)
+	if err == nil {
+		// The engine's own time (the stall, with LeaveRunning), without
+		// the packing done inside Dump otherwise.
+		reportPhase(ctx, "dump", time.Since(dumpStart)-packTime)
+	}
 	if st == Paused {
 		// The engine thaws to collect the ptrace stops; a paused container
 		// stays paused.
@@ -185,6 +206,22 @@ func extractParent(parent, dir string) error {
 	}
 	defer ck.Close()
 	return ck.Extract(dir)
+}
+
+// phaseTimer, when set (by the benchmarks), is told how long each phase of
+// a checkpoint (dump, pack) or restore (verify, extract, create, engine) took.
+var phaseTimer func(phase string, d time.Duration)
+
+// timePhase logs (at debug level) the time since start spent in phase.
+func timePhase(ctx context.Context, phase string, start time.Time) {
+	reportPhase(ctx, phase, time.Since(start))
+}
+
+func reportPhase(ctx context.Context, phase string, d time.Duration) {
+	log.G(ctx).WithField("phase", phase).WithField("duration", d).Debug("checkpoint/restore phase")
+	if phaseTimer != nil {
+		phaseTimer(phase, d)
+	}
 }
 
 // pausedFreezer lets the engine freeze and thaw the container's cgroup.
@@ -300,7 +337,9 @@ func (r *Runtime) Restore(ctx context.Context, id string, opts RestoreOpts) (_ *
 	if err := checkImageOwner(opts.ImagePath); err != nil {
 		return nil, fmt.Errorf("restore of %s from %s: %w", id, opts.ImagePath, err)
 	}
+	start := time.Now()
 	ck, err := oci.OpenCheckpoint(opts.ImagePath)
+	timePhase(ctx, "verify", start)
 	if err != nil {
 		return nil, fmt.Errorf("restore of %s from %s: %w", id, opts.ImagePath, err)
 	}
@@ -321,17 +360,21 @@ func (r *Runtime) Restore(ctx context.Context, id string, opts RestoreOpts) (_ *
 	}
 	defer cleanup()
 	engineDir := filepath.Join(work, "engine")
+	start = time.Now()
 	if err := ck.Extract(engineDir); err != nil {
 		return nil, fmt.Errorf("restore of %s: extract checkpoint: %w", id, err)
 	}
+	timePhase(ctx, "extract", start)
 	copts := opts.CreateOpts
 	copts.Spec = spec
 	copts.InitELF = engine.Stub()
 	copts.InitArgs = []string{"cryo-restore"}
+	start = time.Now()
 	c, err := r.Create(ctx, id, copts)
 	if err != nil {
 		return nil, err
 	}
+	timePhase(ctx, "create", start)
 	defer func() {
 		if retErr != nil {
 			if err := c.Delete(ctx, true); err != nil {
@@ -339,9 +382,11 @@ func (r *Runtime) Restore(ctx context.Context, id string, opts RestoreOpts) (_ *
 			}
 		}
 	}()
+	start = time.Now()
 	if _, err := engine.Restore(ctx, engine.RestoreOptions{ImageDir: engineDir, Pid: c.Pid()}); err != nil {
 		return nil, fmt.Errorf("restore of container %s: %w", id, err)
 	}
+	timePhase(ctx, "engine", start)
 	return c, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -267,5 +268,51 @@ func TestRestoreTamperedImage(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join("/sys/fs/cgroup/freezer", cgroup)); !os.IsNotExist(err) {
 		t.Fatalf("cgroup %s exists after a refused restore", cgroup)
+	}
+}
+
+// TestCheckpointWhileWaited checkpoints (leaving it running, then stopping it) a container
+// whose init this process is waiting for, as a shim does: the waiter must not steal the
+// ptrace stops of the dump, and it sees the init's exit only when the init really exits.
+func TestCheckpointWhileWaited(t *testing.T) {
+	r := newRuntime(t)
+	ctx := context.Background()
+	c, _ := startCounter(t, r, "ckpt-waited")
+	waited := make(chan int, 1)
+	go func() {
+		code, _ := c.Wait()
+		waited <- code
+	}()
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Checkpoint(ctx, CheckpointOpts{ImagePath: filepath.Join(t.TempDir(), "one"), LeaveRunning: true})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("checkpoint: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("checkpoint of a waited-for container hangs")
+	}
+	select {
+	case code := <-waited:
+		t.Fatalf("the waiter returned (%d) while the init runs on", code)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if st, err := c.Status(); err != nil || st != Running {
+		t.Fatalf("after a leave-running checkpoint: %v %v", st, err)
+	}
+	if _, err := c.Checkpoint(ctx, CheckpointOpts{ImagePath: filepath.Join(t.TempDir(), "two")}); err != nil {
+		t.Fatalf("checkpoint: %v", err)
+	}
+	select {
+	case code := <-waited:
+		if code != 128+int(syscall.SIGKILL) {
+			t.Fatalf("init exit code %d after a checkpoint, want SIGKILL's", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiter did not see the init's exit after a checkpoint without leave-running")
 	}
 }

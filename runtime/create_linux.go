@@ -542,6 +542,12 @@ func startIn(joins []nsJoin, cmd *exec.Cmd) error {
 	go func() {
 		goruntime.LockOSThread()
 		var restore []func() error
+		var origs []*os.File
+		// The thread goes back to its namespaces before their fds are
+		// closed. A thread that cannot go back stays locked and dies with
+		// the goroutine -- unless it is the main thread, which Go keeps
+		// (wedged): then /proc/self/ns/* would name the container's
+		// namespaces, and Exec would think it is already in them.
 		back := func() {
 			for i := len(restore) - 1; i >= 0; i-- {
 				if err := restore[i](); err != nil {
@@ -550,14 +556,19 @@ func startIn(joins []nsJoin, cmd *exec.Cmd) error {
 			}
 			goruntime.UnlockOSThread()
 		}
-		defer back()
+		defer func() {
+			back()
+			for _, f := range origs {
+				f.Close()
+			}
+		}()
 		for _, j := range joins {
 			orig, err := os.Open("/proc/thread-self/ns/" + procNSName(j.name))
 			if err != nil {
 				ch <- fmt.Errorf("open own %s namespace: %w", j.name, err)
 				return
 			}
-			defer orig.Close()
+			origs = append(origs, orig)
 			flag := j.flag
 			restore = append(restore, func() error { return unix.Setns(int(orig.Fd()), flag) })
 			f, err := os.Open(j.path)

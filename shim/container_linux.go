@@ -49,7 +49,9 @@ type container struct {
 // does) when containerd passes one, else a directory inside the bundle, so each daemon's
 // containers stay private to it and vanish with the bundle.
 func runtimeRoot(r *taskAPI.CreateTaskRequest, ns string) (string, error) {
-	if r.Options != nil {
+	// `ctr c restore` of a container that had no runtime options sends an empty Any: no
+	// options, as for runc's shim.
+	if r.Options.GetValue() != nil {
 		v, err := typeurl.UnmarshalAny(r.Options)
 		if err != nil {
 			return "", fmt.Errorf("runtime options: %w: %w", err, errdefs.ErrInvalidArgument)

@@ -397,7 +397,10 @@ func (s *service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 // checkpointOptions maps runc's CheckpointOptions (what ctr and containerd send) onto the
 // runtime's. Options cryo cannot honour are refused, not ignored.
 func checkpointOptions(r *taskAPI.CheckpointTaskRequest) (runtime.CheckpointOpts, error) {
-	opts := runtime.CheckpointOpts{ImagePath: r.Path}
+	// No options means runc's zero CheckpointOptions (exit false): leave the task running,
+	// as runc's shim does; nerdctl sends options to runc's runtime only, so `nerdctl
+	// checkpoint create --leave-running` relies on it.
+	opts := runtime.CheckpointOpts{ImagePath: r.Path, LeaveRunning: true}
 	if r.Options == nil {
 		return opts, nil
 	}

@@ -20,7 +20,7 @@ func TestCheckpointOptions(t *testing.T) {
 		want    runtime.CheckpointOpts
 		wantErr error
 	}{
-		{name: "none", want: runtime.CheckpointOpts{ImagePath: "/ck", LeaveRunning: false}},
+		{name: "none", want: runtime.CheckpointOpts{ImagePath: "/ck", LeaveRunning: true}},
 		{name: "leave running", opts: &options.CheckpointOptions{}, want: runtime.CheckpointOpts{ImagePath: "/ck", LeaveRunning: true}},
 		{
 			name: "all runc flags",

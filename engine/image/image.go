@@ -60,6 +60,12 @@ func TaskFile(pid int) string { return taskPrefix + strconv.Itoa(pid) + ".json" 
 // PagesFile is the name of the page data file of the task with PID pid.
 func PagesFile(pid int) string { return pagesPrefix + strconv.Itoa(pid) + ".img" }
 
+// PagesPartFile is the name of part k (k >= 1) of the page data of the task
+// with PID pid; part 0 is PagesFile(pid).
+func PagesPartFile(pid, k int) string {
+	return pagesPrefix + strconv.Itoa(pid) + "-" + strconv.Itoa(k) + ".img"
+}
+
 // ErrFormat is returned (wrapped) for any record that is not a valid engine record.
 var ErrFormat = errors.New("invalid engine image")
 
@@ -299,9 +305,16 @@ type Mm struct {
 	Exe       string `json:"exe,omitempty"`
 	Vmas      []Vma  `json:"vmas"`
 	PagesFile string `json:"pages_file,omitempty"`
-	// PagesSize is the size of the pages file.
+	// PagesSize is the size of the pages file (of all its parts).
 	PagesSize uint64 `json:"pages_size,omitempty"`
-	// ParentPages are the pages files of earlier generations that the runs
+	// PagesParts, when set, split the page data: PagesFile holds its first
+	// PagesPartSize bytes, PagesParts[0] the next PagesPartSize bytes, and
+	// so on (the last part may be shorter). Page run offsets are offsets in
+	// the concatenation. Bounded files hash in parallel when the image is
+	// packed and verified.
+	PagesParts    []string `json:"pages_parts,omitempty"`
+	PagesPartSize uint64   `json:"pages_part_size,omitempty"`
+	// ParentPages are the page data of earlier generations that the runs
 	// of an incremental image refer to (PageRun.File, incremental.go).
 	ParentPages []ParentPages `json:"parent_pages,omitempty"`
 }

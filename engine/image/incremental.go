@@ -12,22 +12,39 @@ import (
 //
 // An incremental image (a dump with a parent) writes only the pages that
 // changed since its parent; a PageRun whose File is i > 0 says that its bytes
-// are at Off in Mm.ParentPages[i-1], a pages file of an earlier generation,
-// named relative to the image directory: "parent/pages-<pid>.img" for the
-// parent's own pages, "parent/parent/pages-<pid>.img" for the
-// grandparent's, and so on (the chain is flattened at dump time, so a
-// restore never reads the parents' records, only their pages files). The
-// packer lays the chain out that way (the parent's files under parent/).
+// are at Off in Mm.ParentPages[i-1], the page data of one task in an earlier
+// generation. Page data may be split into parts (Mm.PagesParts): a run's Off
+// is then an offset in the concatenation of the generation's files, and
+// ParentPages records that generation's file list and part size as its own
+// Mm did, with names relative to the image directory:
+// "parent/pages-<pid>.img" (then "parent/pages-<pid>-1.img"...) for the
+// parent's own pages, "parent/parent/pages-<pid>.img" for the grandparent's,
+// and so on (the chain is flattened at dump time, so a restore never reads
+// the parents' records, only their pages files). The packer lays the chain
+// out that way (the parent's files under parent/).
 //
 // TrackingFile records the dirty-page tracker the engine armed in each task
 // after a dump that left the tree running: the next dump that names this
 // image as its parent reuses the parent's pages for every page that the
 // tracker proves unwritten.
 
-// ParentPages names a pages file of an earlier generation and its size.
+// ParentPages names the page data of a task in an earlier generation: Name
+// holds its first bytes and, when the data is split, Parts the rest, each
+// file PartSize bytes but the last; Size is the size of the concatenation.
 type ParentPages struct {
-	Name string `json:"name"`
-	Size uint64 `json:"size"`
+	Name     string   `json:"name"`
+	Size     uint64   `json:"size"`
+	Parts    []string `json:"parts,omitempty"`
+	PartSize uint64   `json:"part_size,omitempty"`
+}
+
+// PagesData describes the page data a run refers to: Files concatenated
+// (Files[k] holds bytes [k*PartSize, (k+1)*PartSize); PartSize is Size when
+// there is a single file), Size bytes in all.
+type PagesData struct {
+	Files    []string
+	PartSize uint64
+	Size     uint64
 }
 
 // ParentDir is the directory, inside an image directory, that holds the
@@ -37,46 +54,109 @@ const ParentDir = "parent"
 // ValidParentPagesName says whether name is "parent/" repeated at least once,
 // followed by the name of a pages file: the only names a PageRun may refer to.
 func ValidParentPagesName(name string) bool {
-	rest, ok := strings.CutPrefix(name, ParentDir+"/")
-	if !ok {
-		return false
-	}
+	_, ok := parentPagesGen(name)
+	return ok
+}
+
+// parentPagesGen returns how many "parent/" a valid parent pages name has.
+func parentPagesGen(name string) (int, bool) {
+	gen := 0
+	rest := name
 	for {
 		r, ok := strings.CutPrefix(rest, ParentDir+"/")
 		if !ok {
 			break
 		}
 		rest = r
+		gen++
 	}
-	return strings.HasPrefix(rest, pagesPrefix) && strings.HasSuffix(rest, ".img") &&
-		!strings.ContainsAny(rest, "/\\") && rest != "." && rest != ".."
+	if gen == 0 {
+		return 0, false
+	}
+	return gen, validPagesBase(rest)
 }
 
-// PagesFileOf returns the name (relative to the image directory) and the size
-// of the file a run of this address space refers to: 0 is the task's own
-// PagesFile, i > 0 is ParentPages[i-1].
-func (mm *Mm) PagesFileOf(file int) (string, uint64, bool) {
+// validPagesBase says whether name is a plain pages file name (no directory).
+func validPagesBase(name string) bool {
+	return strings.HasPrefix(name, pagesPrefix) && strings.HasSuffix(name, ".img") &&
+		!strings.ContainsAny(name, "/\\") && name != "." && name != ".."
+}
+
+// PagesDataOf returns the page data (names relative to the image directory)
+// a run of this address space refers to: 0 is the task's own PagesFile and
+// PagesParts, i > 0 is ParentPages[i-1].
+func (mm *Mm) PagesDataOf(file int) (PagesData, bool) {
 	if file == 0 {
-		return mm.PagesFile, mm.PagesSize, true
+		return pagesData(mm.PagesFile, mm.PagesParts, mm.PagesPartSize, mm.PagesSize), true
 	}
 	if file < 0 || file > len(mm.ParentPages) {
-		return "", 0, false
+		return PagesData{}, false
 	}
 	p := mm.ParentPages[file-1]
-	return p.Name, p.Size, true
+	return pagesData(p.Name, p.Parts, p.PartSize, p.Size), true
 }
 
-// validateParentPages checks the names of the parent pages files.
+func pagesData(first string, parts []string, partSize, size uint64) PagesData {
+	d := PagesData{Files: append([]string{first}, parts...), PartSize: partSize, Size: size}
+	if len(parts) == 0 {
+		d.PartSize = size
+	}
+	return d
+}
+
+// Parent returns the page data as the next generation names it: every file
+// moved under ParentDir.
+func (d PagesData) Parent() ParentPages {
+	p := ParentPages{Name: ParentDir + "/" + d.Files[0], Size: d.Size}
+	if len(d.Files) > 1 {
+		p.PartSize = d.PartSize
+		for _, f := range d.Files[1:] {
+			p.Parts = append(p.Parts, ParentDir+"/"+f)
+		}
+	}
+	return p
+}
+
+// Len returns the size of part k of the data.
+func (d PagesData) Len(k int) uint64 {
+	off := uint64(k) * d.PartSize
+	if off >= d.Size {
+		return 0
+	}
+	return min(d.PartSize, d.Size-off)
+}
+
+// validParts checks that size bytes fit n+1 files of partSize bytes, the
+// last one not empty.
+func validParts(size, partSize uint64, n int) bool {
+	if n == 0 {
+		return partSize == 0
+	}
+	k := uint64(n)
+	return partSize != 0 && partSize%PageSize == 0 && partSize <= ^uint64(0)/(k+1) &&
+		size > k*partSize && size <= (k+1)*partSize
+}
+
+// validateParentPages checks the names and layout of the parent page data:
+// every file of one generation's data in that generation's directory, no
+// name used twice.
 func (mm *Mm) validateParentPages() error {
 	if len(mm.ParentPages) > 1<<16 {
 		return bad("%d parent pages files", len(mm.ParentPages))
 	}
 	seen := map[string]bool{}
 	for _, p := range mm.ParentPages {
-		if !ValidParentPagesName(p.Name) || seen[p.Name] || p.Size > 1<<46 {
-			return bad("parent pages file %q (%d bytes) invalid or repeated", p.Name, p.Size)
+		gen, ok := parentPagesGen(p.Name)
+		if !ok || seen[p.Name] || p.Size > 1<<46 || len(p.Parts) > 1<<16 || !validParts(p.Size, p.PartSize, len(p.Parts)) {
+			return bad("parent pages file %q (%d bytes, %d parts of %d) invalid or repeated", p.Name, p.Size, len(p.Parts), p.PartSize)
 		}
 		seen[p.Name] = true
+		for _, name := range p.Parts {
+			if g, ok := parentPagesGen(name); !ok || g != gen || seen[name] {
+				return bad("parent pages part %q of %q invalid or repeated", name, p.Name)
+			}
+			seen[name] = true
+		}
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package image
 import (
 	"fmt"
 	"math"
+	"strings"
 )
 
 // maxPid bounds PIDs (PID_MAX_LIMIT on 64-bit kernels).
@@ -230,12 +231,12 @@ func (mm *Mm) Validate() error {
 				p.Addr+p.Len < p.Addr || p.Addr+p.Len > v.End {
 				return bad("vma %#x-%#x: page run %#x+%#x", v.Start, v.End, p.Addr, p.Len)
 			}
-			name, size, ok := mm.PagesFileOf(p.File)
+			data, ok := mm.PagesDataOf(p.File)
 			if !ok {
 				return bad("vma %#x: page run in pages file %d of %d", v.Start, p.File, len(mm.ParentPages))
 			}
-			if p.Off%PageSize != 0 || p.Off+p.Len < p.Off || p.Off+p.Len > size {
-				return bad("vma %#x: page run at file offset %#x+%#x beyond the pages file %s (%d bytes)", v.Start, p.Off, p.Len, name, size)
+			if p.Off%PageSize != 0 || p.Off+p.Len < p.Off || p.Off+p.Len > data.Size {
+				return bad("vma %#x: page run at offset %#x+%#x beyond the page data %s (%d bytes)", v.Start, p.Off, p.Len, data.Files[0], data.Size)
 			}
 			next = p.Addr + p.Len
 		}
@@ -243,7 +244,27 @@ func (mm *Mm) Validate() error {
 	if len(mm.Auxv) > 1024 {
 		return bad("auxv of %d words", len(mm.Auxv))
 	}
+	if mm.PagesFile != "" && !plainName(mm.PagesFile) || mm.PagesFile == "" && mm.PagesSize != 0 {
+		return bad("pages file name %q", mm.PagesFile)
+	}
+	if len(mm.PagesParts) > 0 {
+		if mm.PagesFile == "" || len(mm.PagesParts) > 1<<16 || !validParts(mm.PagesSize, mm.PagesPartSize, len(mm.PagesParts)) {
+			return bad("pages file of %d bytes in %d parts of %d bytes", mm.PagesSize, len(mm.PagesParts)+1, mm.PagesPartSize)
+		}
+		for _, name := range mm.PagesParts {
+			if !plainName(name) {
+				return bad("pages part name %q", name)
+			}
+		}
+	} else if mm.PagesPartSize != 0 {
+		return bad("pages part size without parts")
+	}
 	return nil
+}
+
+// plainName says whether name is a file name without a directory.
+func plainName(name string) bool {
+	return name != "" && !strings.ContainsAny(name, "/\\") && name != "." && name != ".."
 }
 
 // RegsSize is the size of struct user_regs_struct on x86-64.

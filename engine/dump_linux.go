@@ -976,7 +976,7 @@ func (d *dumper) dumpMm(t *dtask, maps []procfs.Mapping) (*image.Mm, error) {
 		files = append(files, image.PagesPartFile(t.nspid, k))
 	}
 	if parts > 1 {
-		mm.PagesParts, mm.PagesPartSize = files[1:], pagesPartSize
+		mm.PagesParts, mm.PagesPartSize = files[1:], pw.partSize
 	}
 	for k, dg := range digests {
 		if d.result.PageDigests == nil {

@@ -2,7 +2,10 @@ package engine
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -70,9 +73,14 @@ func linkParent(t testing.TB, dir, parent string) {
 }
 
 // checkRestoredSum restores img into a stub, asks the restored workload for
-// its checksum and compares it with want; the counter must go on.
-func checkRestoredSum(t *testing.T, img, status string, want incrStatus) {
+// its checksum and compares it with want; the counter must go on. It
+// returns the stub (the restored workload).
+func checkRestoredSum(t *testing.T, img, status string, want incrStatus) *exec.Cmd {
 	t.Helper()
+	// No status left over from an earlier run of the workload (same file).
+	if err := os.WriteFile(status, []byte("0 0 none 0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	stub := startStub(t)
 	if _, err := Restore(context.Background(), RestoreOptions{ImageDir: img, Pid: stub.Process.Pid}); err != nil {
 		t.Fatalf("restore %s: %v", img, err)
@@ -87,6 +95,7 @@ func checkRestoredSum(t *testing.T, img, status string, want incrStatus) {
 	if got.Counter <= want.Counter || got.Counter > want.Counter+100000 {
 		t.Fatalf("restored counter %d, want it to continue from %d", got.Counter, want.Counter)
 	}
+	return stub
 }
 
 // A chain of three: full, then two incremental dumps after 1% of 64 MiB
@@ -153,6 +162,125 @@ func TestIncrementalChain(t *testing.T) {
 		t.Errorf("dump 3 refers to %v, want pages of both earlier generations", rec.Mm.ParentPages)
 	}
 	checkRestoredSum(t, c3, status, s2)
+}
+
+// A chain of three whose page data is split into parts (a part size of
+// 64 KiB here, 64 MiB in production): runs of the later generations refer
+// to offsets in the concatenation of an earlier generation's parts, through
+// the tracker (dump 2) and through comparison with split parents (dump 3,
+// the tracker re-armed by another dump); both restores map every
+// generation's parts and give back the memory of their moment.
+func TestIncrementalSplitPages(t *testing.T) {
+	testutil.RequiresRoot(t)
+	defer func(old uint64) { pagesPartSize = old }(pagesPartSize)
+	pagesPartSize = 64 << 10
+	bin := buildC(t, "incr")
+	dir := t.TempDir()
+	status := filepath.Join(dir, "status")
+	fz := newCgroupFreezer(t)
+	cmd := startInNewPidns(t, fz, bin, "16", status)
+	pid := cmd.Process.Pid
+	s0 := waitIncr(t, status, func(s incrStatus) bool { return s.Seq >= 1 })
+	ctx := context.Background()
+
+	c1 := filepath.Join(dir, "c1")
+	r1, err := Dump(ctx, DumpOptions{Pid: pid, Freezer: fz, ImageDir: c1, LeaveRunning: true, HashPages: true})
+	if err != nil {
+		t.Fatalf("dump 1: %v", err)
+	}
+	s1 := nextRound(t, pid, status, s0)
+	c2 := filepath.Join(dir, "c2")
+	r2, err := Dump(ctx, DumpOptions{Pid: pid, Freezer: fz, ImageDir: c2, LeaveRunning: true, Parent: c1, HashPages: true})
+	if err != nil {
+		t.Fatalf("dump 2: %v", err)
+	}
+	linkParent(t, c2, c1)
+	// Another dump re-arms the tracker: dump 3 must compare.
+	if _, err := Dump(ctx, DumpOptions{Pid: pid, Freezer: fz, ImageDir: filepath.Join(dir, "other"), LeaveRunning: true}); err != nil {
+		t.Fatalf("dump 2b: %v", err)
+	}
+	s2 := nextRound(t, pid, status, s1)
+	c3 := filepath.Join(dir, "c3")
+	r3, err := Dump(ctx, DumpOptions{Pid: pid, Freezer: fz, ImageDir: c3, Parent: c2, HashPages: true})
+	if err != nil {
+		t.Fatalf("dump 3: %v", err)
+	}
+	_ = cmd.Wait()
+	linkParent(t, c3, c2)
+
+	for i, r := range []*DumpResult{r1, r2, r3} {
+		t.Logf("dump %d: %d bytes in %d files, %d from the parent, %d compared", i+1, r.PageBytes, len(r.PageFiles), r.ParentBytes, r.ComparedBytes)
+		if want := int((r.PageBytes + pagesPartSize - 1) / pagesPartSize); len(r.PageFiles) != want || want < 2 {
+			t.Errorf("dump %d: %d pages files for %d bytes, want %d (>= 2)", i+1, len(r.PageFiles), r.PageBytes, want)
+		}
+		checkDigests(t, filepath.Join(dir, "c"+strconv.Itoa(i+1)), r)
+	}
+	if r2.ComparedBytes > 1<<20 || r2.PageBytes*10 > r1.PageBytes {
+		t.Errorf("dump 2 compared %d and wrote %d bytes: the tracker was not used", r2.ComparedBytes, r2.PageBytes)
+	}
+	if r3.ComparedBytes < 16<<20 || r3.PageBytes*10 > r1.PageBytes {
+		t.Errorf("dump 3 compared %d and wrote %d bytes, want the whole area compared and only the changes written", r3.ComparedBytes, r3.PageBytes)
+	}
+	rec, err := image.ReadTask(c3, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gens := map[string]image.ParentPages{}
+	for _, p := range rec.Mm.ParentPages {
+		gens[p.Name] = p
+	}
+	for name, want := range map[string]*DumpResult{"parent/pages-1.img": r2, "parent/parent/pages-1.img": r1} {
+		p, ok := gens[name]
+		if !ok {
+			t.Fatalf("dump 3 refers to %+v, want pages of both earlier generations", rec.Mm.ParentPages)
+		}
+		dirName, _ := filepath.Split(name)
+		if p.Size != want.PageBytes || len(p.Parts) != len(want.PageFiles)-1 || p.PartSize != pagesPartSize {
+			t.Errorf("%s: %d bytes in %d parts of %d, want %d bytes in the files %v", name, p.Size, len(p.Parts)+1, p.PartSize, want.PageBytes, want.PageFiles)
+		}
+		for k, part := range p.Parts {
+			if part != dirName+want.PageFiles[k+1] {
+				t.Errorf("%s: part %d is %s, want %s", name, k+1, part, dirName+want.PageFiles[k+1])
+			}
+		}
+	}
+	// Runs into the grandparent beyond its first part: the offsets are in
+	// the concatenation.
+	var far bool
+	for _, v := range rec.Mm.Vmas {
+		for _, r := range v.Pages {
+			far = far || r.File > 0 && r.Off >= pagesPartSize
+		}
+	}
+	if !far {
+		t.Error("dump 3 has no run beyond the first part of a parent's page data")
+	}
+	restored := checkRestoredSum(t, c2, status, s1)
+	_ = restored.Process.Kill()
+	_ = restored.Wait()
+	checkRestoredSum(t, c3, status, s2)
+}
+
+// checkDigests compares the digests a dump computed with its files'.
+func checkDigests(t *testing.T, img string, r *DumpResult) {
+	t.Helper()
+	for _, name := range r.PageFiles {
+		data, err := os.ReadFile(filepath.Join(img, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if uint64(len(data)) > pagesPartSize {
+			t.Errorf("%s: %d bytes, more than a part", name, len(data))
+		}
+		if got, want := r.PageDigests[name], digestOf(data); got != want {
+			t.Errorf("%s/%s: digest %s from the dump, %s from the file", img, name, got, want)
+		}
+	}
+}
+
+func digestOf(data []byte) string {
+	sum := sha256.Sum256(data)
+	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
 // Without a valid tracker (here: re-armed by a later dump) an incremental

@@ -98,20 +98,24 @@ func (p *pagePool) release() {
 // pagesPartSize bounds each file of a task's page data (image.Mm.PagesParts):
 // the packer and the verifier hash several files at once, one per core,
 // where sha256 over one big file runs on one core only.
-const pagesPartSize = 64 << 20
+// A variable (a multiple of the page size) so that tests can split small
+// images.
+var pagesPartSize uint64 = 64 << 20
 
 // pageHashers is how many goroutines hash the parts (part k: hasher k%n).
 const pageHashers = 2
 
 // pageWriter copies runs of one task's memory into its pages files.
 type pageWriter struct {
-	pid    int
-	mem    *os.File
-	pool   *pagePool
-	open   func(part int) (*os.File, error) // creates part k's file
-	off    uint64                           // bytes queued so far
-	cur    *pageBatch
-	hashed bool
+	pid  int
+	mem  *os.File
+	pool *pagePool
+	open func(part int) (*os.File, error) // creates part k's file
+	off  uint64                           // bytes queued so far
+	// partSize is pagesPartSize when the writer was made.
+	partSize uint64
+	cur      *pageBatch
+	hashed   bool
 
 	files   []*os.File // the writer goroutine's, until flush
 	hashes  [pageHashers]map[int]hash.Hash
@@ -131,7 +135,7 @@ func newPageWriter(pid int, mem *os.File, pool *pagePool, hashed bool, open func
 	if err != nil {
 		return nil, err
 	}
-	w := &pageWriter{pid: pid, mem: mem, pool: pool, open: open, hashed: hashed,
+	w := &pageWriter{pid: pid, mem: mem, pool: pool, open: open, hashed: hashed, partSize: pagesPartSize,
 		files: []*os.File{f}, toWrite: make(chan *pageBatch, copyBuffers)}
 	w.workers.Add(1)
 	go w.writeLoop()
@@ -161,11 +165,11 @@ func (w *pageWriter) failed() error {
 }
 
 // pieces calls fn for each part-contained piece of b's bytes.
-func pieces(b *pageBatch, fn func(part int, data []byte)) {
+func pieces(b *pageBatch, partSize uint64, fn func(part int, data []byte)) {
 	off, data := b.start, b.buf[:b.used]
 	for len(data) > 0 {
-		part := int(off / pagesPartSize)
-		n := min(uint64(len(data)), uint64(part+1)*pagesPartSize-off)
+		part := int(off / partSize)
+		n := min(uint64(len(data)), uint64(part+1)*partSize-off)
 		fn(part, data[:n])
 		off += n
 		data = data[n:]
@@ -175,7 +179,7 @@ func pieces(b *pageBatch, fn func(part int, data []byte)) {
 func (w *pageWriter) writeLoop() {
 	defer w.workers.Done()
 	for b := range w.toWrite {
-		pieces(b, func(part int, data []byte) {
+		pieces(b, w.partSize, func(part int, data []byte) {
 			if w.failed() != nil {
 				return
 			}
@@ -199,7 +203,7 @@ func (w *pageWriter) hashLoop(i int) {
 	defer w.workers.Done()
 	hs := w.hashes[i]
 	for b := range w.toHash[i] {
-		pieces(b, func(part int, data []byte) {
+		pieces(b, w.partSize, func(part int, data []byte) {
 			if part%pageHashers != i {
 				return
 			}
@@ -357,7 +361,7 @@ func (w *pageWriter) finish() (parts int, digests []string, err error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	parts = max(1, int((w.off+pagesPartSize-1)/pagesPartSize))
+	parts = max(1, int((w.off+w.partSize-1)/w.partSize))
 	if w.hashed {
 		for k := 0; k < parts; k++ {
 			h := w.hashes[k%pageHashers][k]

@@ -93,7 +93,13 @@
 // tracking.json; the next dump reads PAGEMAP_SCAN's PAGE_IS_WRITTEN. Where
 // the tracker cannot be trusted the pages are compared with the parent's
 // bytes. dirty_linux.go documents what was measured and why the result is
-// never a wrong image.
+// never a wrong image. The changed pages go through the same copy pipeline
+// as a full dump's (pages_linux.go: digests, 64 MiB parts). A run into an
+// earlier generation names that generation's page data as a whole
+// (image.ParentPages: its first file, its parts, its part size, all under
+// "parent/" as many times as it is generations back) and its offset is an
+// offset in the concatenation of those files; a restore maps each
+// generation's parts contiguously, as it maps the image's own.
 //
 // # Processes the engine must not be mixed with
 //

@@ -88,6 +88,27 @@
 // hugetlb, locked, device and userfaultfd mappings, foreign-traced tasks, tasks in
 // other namespaces or with another root than the root task, strict seccomp.
 //
+// # Incremental dumps
+//
+// A dump with DumpOptions.Parent writes only the pages that changed since
+// the parent image and refers to the parent's pages files for the rest
+// (image.PageRun.File, "parent/pages-<pid>.img", deeper for older
+// generations). What changed is known without soft-dirty bits (absent from
+// this kernel): every LeaveRunning dump arms a userfaultfd in WP_ASYNC mode
+// in each task (created inside the task, registered and write-protected
+// from the engine through pidfd_getfd, kept open in the task at a high fd
+// since its registrations end with its last reference) and records it in
+// tracking.json; the next dump reads PAGEMAP_SCAN's PAGE_IS_WRITTEN. Where
+// the tracker cannot be trusted the pages are compared with the parent's
+// bytes. dirty_linux.go documents what was measured and why the result is
+// never a wrong image. The changed pages go through the same copy pipeline
+// as a full dump's (pages_linux.go: digests, 64 MiB parts). A run into an
+// earlier generation names that generation's page data as a whole
+// (image.ParentPages: its first file, its parts, its part size, all under
+// "parent/" as many times as it is generations back) and its offset is an
+// offset in the concatenation of those files; a restore maps each
+// generation's parts contiguously, as it maps the image's own.
+//
 // # Processes the engine must not be mixed with
 //
 // The engine waits for its tracees with wait4(tid, __WALL). A thread of the

@@ -55,7 +55,8 @@ type dumper struct {
 	files  *fileTable
 	shmems *shmemTable
 	result DumpResult
-	pages  *pagePool // copy buffers (pages_linux.go)
+	dirty  *dirtyState // dirty_linux.go: trackers and the parent image
+	pages  *pagePool   // copy buffers (pages_linux.go)
 	// ownIPC says the tree has an IPC namespace of its own (sysvipc_linux.go).
 	ownIPC bool
 }
@@ -83,18 +84,23 @@ func Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
+	dirty, err := newDirtyState(opts.Parent)
+	if err != nil {
+		return nil, fmt.Errorf("dump of pid %d: %w", opts.Pid, err)
+	}
+	defer dirty.release()
 	var d *dumper
-	var err error
 	// The copy buffers, shared by every task and every attempt.
 	pages := newPagePool()
 	defer pages.release()
 	// A process caught between vfork and exec cannot stop until its child
 	// execs: let the tree run a moment and start again.
 	for attempt := 0; ; attempt++ {
-		d = &dumper{opts: opts, byPid: map[int]*dtask{}, files: newFileTable(), shmems: newShmemTable(opts.ImageDir), pages: pages}
+		d = &dumper{opts: opts, byPid: map[int]*dtask{}, files: newFileTable(), shmems: newShmemTable(opts.ImageDir), pages: pages, dirty: dirty}
 		d.files.shmems = d.shmems
 		d.files.fileLocks = opts.FileLocks
 		d.files.stdioIDs = opts.Stdio
+		d.files.skip = dirty.isTracker
 		err = d.run(ctx)
 		if !errors.Is(err, errVfork) || attempt == 100 {
 			break
@@ -104,6 +110,11 @@ func Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) {
 			break
 		}
 		time.Sleep(time.Millisecond)
+	}
+	d.result.ParentBytes, d.result.ComparedBytes = dirty.stats.Reused, dirty.stats.Compared
+	if err == nil && opts.LeaveRunning {
+		// Still stopped, pages read: from here on every write is tracked.
+		d.armTrackers()
 	}
 	if err == nil && opts.Commit != nil {
 		if err = opts.Commit(&d.result); err != nil {
@@ -1008,7 +1019,7 @@ func (d *dumper) dumpMm(t *dtask, maps []procfs.Mapping) (*image.Mm, error) {
 			top = m.End
 		}
 	}
-	regions, err := presentPages(t.pid, 0, top)
+	regions, err := d.pageRegions(t, maps, top)
 	if err != nil {
 		return nil, err
 	}
@@ -1048,6 +1059,12 @@ func (d *dumper) dumpMm(t *dtask, maps []procfs.Mapping) (*image.Mm, error) {
 				continue // still the file's page cache: the file has it
 			}
 			a, e := max(r.Start, m.Start), min(r.End, m.End)
+			if d.incremental(t) {
+				if err := d.emit(t, pw, v, m, a, e, r.Categories); err != nil {
+					return nil, err
+				}
+				continue
+			}
 			off, err := pw.add(a, e-a)
 			if err != nil {
 				return nil, err
@@ -1069,7 +1086,7 @@ func (d *dumper) dumpMm(t *dtask, maps []procfs.Mapping) (*image.Mm, error) {
 		files = append(files, image.PagesPartFile(t.nspid, k))
 	}
 	if parts > 1 {
-		mm.PagesParts, mm.PagesPartSize = files[1:], pagesPartSize
+		mm.PagesParts, mm.PagesPartSize = files[1:], pw.partSize
 	}
 	for k, dg := range digests {
 		if d.result.PageDigests == nil {
@@ -1078,6 +1095,9 @@ func (d *dumper) dumpMm(t *dtask, maps []procfs.Mapping) (*image.Mm, error) {
 		d.result.PageDigests[files[k]] = dg
 	}
 	mm.PagesFile, mm.PagesSize = name, pw.off
+	if err := d.finishMm(t, mm); err != nil {
+		return nil, err
+	}
 	t.info.MemBytes = pw.off
 	d.result.PageBytes += pw.off
 	d.result.PageFiles = append(d.result.PageFiles, files...)
@@ -1109,6 +1129,9 @@ func (d *dumper) vmaOf(t *dtask, m procfs.Mapping) (*image.Vma, bool, error) {
 		"lo": "locked (mlock) mappings",
 	} {
 		special := m.Path == "[vdso]" || m.Path == "[vvar]" || m.Path == "[vvar_vclock]" || m.Path == "[vsyscall]"
+		if flag == "uw" && d.dirty.ownsUW(m) {
+			continue // the engine's own dirty-page tracker (dirty_linux.go)
+		}
 		if m.HasFlag(flag) && !special {
 			return nil, false, fmt.Errorf("%w: %s are not supported yet", ErrUnsupported, what)
 		}

@@ -30,6 +30,26 @@ type DumpOptions struct {
 	// restore; without it a lock is refused, naming the pid, fd, file and
 	// lock. ShellJob is accepted for compatibility.
 	TCPEstablished, ExtUnixSockets, ShellJob, FileLocks bool
+	// Parent, if set, is the directory of a previous image of the same tree
+	// (the engine files of the parent checkpoint, laid out as Dump wrote
+	// them, with its own parents' files under parent/ and so on): the dump
+	// is incremental. Pages unchanged since the parent are not written: the
+	// records refer to them in "parent/pages-<pid>.img" (or deeper), so the
+	// image is only complete with the parent's files laid out under parent/
+	// in its directory, which is how the packer extracts a chain.
+	// Unchanged pages are known from the dirty-page tracker that a
+	// LeaveRunning dump arms in each task (userfaultfd WP_ASYNC, read back
+	// with PAGEMAP_SCAN; see dirty_linux.go); without a valid tracker
+	// (another boot, a restarted or restored task, a tracker re-armed by a
+	// later dump) the task's pages are read and compared with the parent's
+	// bytes. New tasks and pages are written in full. A parent that cannot
+	// be read or whose records do not match its files fails the dump (the
+	// tree keeps running).
+	//
+	// Every dump with LeaveRunning arms a fresh tracker in each task after
+	// its pages are read and records it in tracking.json, so that the image
+	// can be the parent of the next one.
+	Parent string
 	// Commit, if set, runs once the image is complete, while every task is
 	// still stopped under ptrace, and before the tree is killed or resumed.
 	// An error from it fails the dump and the tree is left running, so a
@@ -85,6 +105,12 @@ type DumpResult struct {
 	RecordFiles []string `json:"record_files"`
 	// Kernel is the release of the kernel the dump ran on.
 	Kernel string `json:"kernel"`
+	// ParentBytes are the bytes of pages an incremental dump (Parent) took
+	// from its parent's files instead of writing them; ComparedBytes are the
+	// bytes it read to compare with the parent's where no dirty-page tracker
+	// could tell what changed.
+	ParentBytes   uint64 `json:"parent_bytes,omitempty"`
+	ComparedBytes uint64 `json:"compared_bytes,omitempty"`
 }
 
 // RestoreOptions configure Restore.

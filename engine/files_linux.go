@@ -49,6 +49,8 @@ type fileTable struct {
 	unix      *unixTable
 	// fileLocks allows advisory locks (DumpOptions.FileLocks).
 	fileLocks bool
+	// skip says which fds are the engine's own (dirty-page trackers).
+	skip func(pid, fd int) bool
 }
 
 func newFileTable() *fileTable {
@@ -145,6 +147,9 @@ func (ft *fileTable) dumpFds(t *dtask) ([]image.Fd, error) {
 	}
 	var out []image.Fd
 	for _, fd := range fds {
+		if ft.skip != nil && ft.skip(t.pid, fd) {
+			continue
+		}
 		f, err := ft.dumpFd(t, fd)
 		if err != nil {
 			return nil, fmt.Errorf("fd %d: %w", fd, err)

@@ -53,7 +53,7 @@ func presentPages(pid int, start, end uint64) ([]pageRegion, error) {
 			Vec:               uint64(uintptr(unsafe.Pointer(&vec[0]))),
 			VecLen:            uint64(len(vec)),
 			CategoryAnyofMask: pageIsPresent | pageIsSwapped,
-			ReturnMask:        pageIsPresent | pageIsSwapped | pageIsFile | pageIsPfnzero,
+			ReturnMask:        pageIsPresent | pageIsSwapped | pageIsFile | pageIsPfnzero | pageIsWritten,
 		}
 		n, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), pagemapScan, uintptr(unsafe.Pointer(&arg)))
 		if e == unix.ENOTTY || e == unix.EINVAL && out == nil {
@@ -88,7 +88,8 @@ func pagemapEntries(f *os.File, start, end uint64) ([]pageRegion, error) {
 		}
 		for i := 0; i < k/8; i++ {
 			e := *(*uint64)(unsafe.Pointer(&buf[8*i]))
-			var cat uint64
+			// No write-protect information here: every page counts as written.
+			cat := uint64(pageIsWritten)
 			if e&present != 0 {
 				cat |= pageIsPresent
 			}
@@ -98,7 +99,7 @@ func pagemapEntries(f *os.File, start, end uint64) ([]pageRegion, error) {
 			if e&file != 0 {
 				cat |= pageIsFile
 			}
-			if cat == 0 {
+			if cat == pageIsWritten {
 				continue
 			}
 			a := addr + uint64(i)*image.PageSize

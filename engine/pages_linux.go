@@ -32,9 +32,12 @@ const (
 
 // pageBatch is one buffer of the pipeline and the memory runs it holds.
 type pageBatch struct {
-	buf     []byte
-	used    int
-	start   uint64 // offset of buf[0] in the task's pages data
+	buf   []byte
+	used  int
+	start uint64 // offset of buf[0] in the task's pages data
+	// preset bytes at the start of buf were copied in (addBytes); runs
+	// fill buf[preset:used].
+	preset  int
 	runs    []unix.RemoteIovec
 	pending sync.WaitGroup // the writer and the hasher
 }
@@ -76,7 +79,7 @@ func (p *pagePool) get() (*pageBatch, error) {
 }
 
 func (p *pagePool) put(b *pageBatch) {
-	b.used = 0
+	b.used, b.preset = 0, 0
 	b.runs = b.runs[:0]
 	p.free <- b
 }
@@ -95,20 +98,24 @@ func (p *pagePool) release() {
 // pagesPartSize bounds each file of a task's page data (image.Mm.PagesParts):
 // the packer and the verifier hash several files at once, one per core,
 // where sha256 over one big file runs on one core only.
-const pagesPartSize = 64 << 20
+// A variable (a multiple of the page size) so that tests can split small
+// images.
+var pagesPartSize uint64 = 64 << 20
 
 // pageHashers is how many goroutines hash the parts (part k: hasher k%n).
 const pageHashers = 2
 
 // pageWriter copies runs of one task's memory into its pages files.
 type pageWriter struct {
-	pid    int
-	mem    *os.File
-	pool   *pagePool
-	open   func(part int) (*os.File, error) // creates part k's file
-	off    uint64                           // bytes queued so far
-	cur    *pageBatch
-	hashed bool
+	pid  int
+	mem  *os.File
+	pool *pagePool
+	open func(part int) (*os.File, error) // creates part k's file
+	off  uint64                           // bytes queued so far
+	// partSize is pagesPartSize when the writer was made.
+	partSize uint64
+	cur      *pageBatch
+	hashed   bool
 
 	files   []*os.File // the writer goroutine's, until flush
 	hashes  [pageHashers]map[int]hash.Hash
@@ -128,7 +135,7 @@ func newPageWriter(pid int, mem *os.File, pool *pagePool, hashed bool, open func
 	if err != nil {
 		return nil, err
 	}
-	w := &pageWriter{pid: pid, mem: mem, pool: pool, open: open, hashed: hashed,
+	w := &pageWriter{pid: pid, mem: mem, pool: pool, open: open, hashed: hashed, partSize: pagesPartSize,
 		files: []*os.File{f}, toWrite: make(chan *pageBatch, copyBuffers)}
 	w.workers.Add(1)
 	go w.writeLoop()
@@ -158,11 +165,11 @@ func (w *pageWriter) failed() error {
 }
 
 // pieces calls fn for each part-contained piece of b's bytes.
-func pieces(b *pageBatch, fn func(part int, data []byte)) {
+func pieces(b *pageBatch, partSize uint64, fn func(part int, data []byte)) {
 	off, data := b.start, b.buf[:b.used]
 	for len(data) > 0 {
-		part := int(off / pagesPartSize)
-		n := min(uint64(len(data)), uint64(part+1)*pagesPartSize-off)
+		part := int(off / partSize)
+		n := min(uint64(len(data)), uint64(part+1)*partSize-off)
 		fn(part, data[:n])
 		off += n
 		data = data[n:]
@@ -172,7 +179,7 @@ func pieces(b *pageBatch, fn func(part int, data []byte)) {
 func (w *pageWriter) writeLoop() {
 	defer w.workers.Done()
 	for b := range w.toWrite {
-		pieces(b, func(part int, data []byte) {
+		pieces(b, w.partSize, func(part int, data []byte) {
 			if w.failed() != nil {
 				return
 			}
@@ -196,7 +203,7 @@ func (w *pageWriter) hashLoop(i int) {
 	defer w.workers.Done()
 	hs := w.hashes[i]
 	for b := range w.toHash[i] {
-		pieces(b, func(part int, data []byte) {
+		pieces(b, w.partSize, func(part int, data []byte) {
 			if part%pageHashers != i {
 				return
 			}
@@ -231,6 +238,40 @@ func (w *pageWriter) add(addr, n uint64) (uint64, error) {
 		addr += k
 		n -= k
 		if b.used == len(b.buf) || len(b.runs) == copyRuns {
+			if err := w.submit(); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return off, nil
+}
+
+// addBytes queues bytes already read from the task (an incremental dump's
+// compared pages) and returns their offset in the pages data.
+func (w *pageWriter) addBytes(data []byte) (uint64, error) {
+	if w.cur != nil && len(w.cur.runs) > 0 {
+		// Copied bytes go before a batch's runs: start a new batch.
+		if err := w.submit(); err != nil {
+			return 0, err
+		}
+	}
+	off := w.off
+	for len(data) > 0 {
+		if w.cur == nil {
+			b, err := w.pool.get()
+			if err != nil {
+				return 0, err
+			}
+			b.start = w.off
+			w.cur = b
+		}
+		b := w.cur
+		k := copy(b.buf[b.used:], data)
+		b.used += k
+		b.preset = b.used
+		w.off += uint64(k)
+		data = data[k:]
+		if b.used == len(b.buf) {
 			if err := w.submit(); err != nil {
 				return 0, err
 			}
@@ -274,16 +315,21 @@ func (w *pageWriter) submit() error {
 // read fills b with its runs: process_vm_readv, and /proc/PID/mem (which
 // reads through PROT_NONE, FOLL_FORCE) for whatever it could not read.
 func (w *pageWriter) read(b *pageBatch) error {
-	local := []unix.Iovec{{Base: &b.buf[0]}}
-	local[0].SetLen(b.used)
+	want := b.used - b.preset
+	if want == 0 {
+		return nil
+	}
+	local := []unix.Iovec{{Base: &b.buf[b.preset]}}
+	local[0].SetLen(want)
 	got, err := unix.ProcessVMReadv(w.pid, local, b.runs, 0)
-	if err == nil && got == b.used {
+	if err == nil && got == want {
 		return nil
 	}
 	if got < 0 {
 		got = 0
 	}
-	pos := 0
+	got += b.preset
+	pos := b.preset
 	for _, r := range b.runs {
 		end := pos + r.Len
 		if end > got {
@@ -315,7 +361,7 @@ func (w *pageWriter) finish() (parts int, digests []string, err error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	parts = max(1, int((w.off+pagesPartSize-1)/pagesPartSize))
+	parts = max(1, int((w.off+w.partSize-1)/w.partSize))
 	if w.hashed {
 		for k := 0; k < parts; k++ {
 			h := w.hashes[k%pageHashers][k]
@@ -352,28 +398,31 @@ func (w *pageWriter) release() {
 	w.files = nil
 }
 
-// mapPages maps a task's page data (all its parts, contiguous) read-only
-// into the engine, pre-faulted; unmap releases it.
-func mapPages(dir string, mm *image.Mm) (data []byte, unmap func(), err error) {
-	names := append([]string{mm.PagesFile}, mm.PagesParts...)
-	part := mm.PagesSize
-	if len(mm.PagesParts) > 0 {
-		part = mm.PagesPartSize
+// mapPages maps page data (every file of it at its offset in the
+// concatenation, contiguous) read-only into the engine, pre-faulted with
+// populate; unmap releases it. Names are relative to dir: plain names (the
+// image's own) or ones under parent/ (image.ValidParentPagesName).
+func mapPages(dir string, d image.PagesData, populate bool) (data []byte, unmap func(), err error) {
+	if d.Size == 0 || len(d.Files) == 0 || d.PartSize == 0 || uint64(len(d.Files)-1)*d.PartSize >= d.Size {
+		return nil, nil, fmt.Errorf("page data of %d bytes in %d files of %d bytes", d.Size, len(d.Files), d.PartSize)
 	}
 	// Reserve the whole range, then map each part over its place in it.
-	res, err := unix.Mmap(-1, 0, int(mm.PagesSize), unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	res, err := unix.Mmap(-1, 0, int(d.Size), unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
 	if err != nil {
-		return nil, nil, fmt.Errorf("reserve %d bytes for the pages: %w", mm.PagesSize, err)
+		return nil, nil, fmt.Errorf("reserve %d bytes for the pages: %w", d.Size, err)
 	}
 	unmap = func() { _ = unix.Munmap(res) }
-	for k, name := range names {
-		if filepath.Base(name) != name {
+	for k, name := range d.Files {
+		if filepath.Base(name) != name && !image.ValidParentPagesName(name) || name == "." || name == ".." {
 			unmap()
 			return nil, nil, fmt.Errorf("pages file name %q", name)
 		}
-		off := uint64(k) * part
-		n := min(part, mm.PagesSize-off)
-		if err := mapPart(filepath.Join(dir, name), &res[off], n); err != nil {
+		n := d.Len(k)
+		if n == 0 {
+			unmap()
+			return nil, nil, fmt.Errorf("pages file %s: no data for it", name)
+		}
+		if err := mapPart(filepath.Join(dir, name), &res[uint64(k)*d.PartSize], n, populate); err != nil {
 			unmap()
 			return nil, nil, err
 		}
@@ -383,19 +432,54 @@ func mapPages(dir string, mm *image.Mm) (data []byte, unmap func(), err error) {
 
 // mapPart maps the first n bytes of the file at path at addr (MAP_FIXED,
 // inside a reservation of the caller).
-func mapPart(path string, addr *byte, n uint64) error {
+func mapPart(path string, addr *byte, n uint64, populate bool) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
 	if fi, err := f.Stat(); err != nil || uint64(fi.Size()) < n {
-		return fmt.Errorf("pages file %s is shorter than %d bytes", filepath.Base(path), n)
+		return fmt.Errorf("pages file %s is shorter than %d bytes", path, n)
+	}
+	flags := unix.MAP_PRIVATE | unix.MAP_FIXED
+	if populate {
+		flags |= unix.MAP_POPULATE
 	}
 	_, _, e := unix.Syscall6(unix.SYS_MMAP, uintptr(unsafe.Pointer(addr)), uintptr(n), unix.PROT_READ,
-		unix.MAP_PRIVATE|unix.MAP_FIXED|unix.MAP_POPULATE, f.Fd(), 0)
+		uintptr(flags), f.Fd(), 0)
 	if e != 0 {
-		return fmt.Errorf("map %s: %w", filepath.Base(path), e)
+		return fmt.Errorf("map %s: %w", path, e)
 	}
 	return nil
+}
+
+// mapPagesChain maps the page data that the runs of mm refer to: index 0 is
+// the task's own (PagesFile and its parts), i the data of an earlier
+// generation, mm.ParentPages[i-1] (each one contiguous, whatever its parts).
+// Nil when there are no pages.
+func mapPagesChain(dir string, mm *image.Mm) ([][]byte, func(), error) {
+	files := make([][]byte, len(mm.ParentPages)+1)
+	var unmaps []func()
+	release := func() {
+		for _, u := range unmaps {
+			u()
+		}
+	}
+	for i := range files {
+		d, _ := mm.PagesDataOf(i)
+		if d.Size == 0 {
+			continue
+		}
+		b, unmap, err := mapPages(dir, d, true)
+		if err != nil {
+			release()
+			return nil, nil, err
+		}
+		files[i] = b
+		unmaps = append(unmaps, unmap)
+	}
+	if len(unmaps) == 0 {
+		return nil, release, nil
+	}
+	return files, release, nil
 }

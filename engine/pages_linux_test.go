@@ -48,7 +48,7 @@ func TestDumpRestoreSplitPages(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(data) > pagesPartSize {
+		if uint64(len(data)) > pagesPartSize {
 			t.Errorf("%s: %d bytes, more than a part (%d)", name, len(data), pagesPartSize)
 		}
 		sum := sha256.Sum256(data)

@@ -860,14 +860,16 @@ func (r *restorer) openIn(t *tracee, path string, flags uint64) (uint64, error) 
 // read-only mappings, FOLL_FORCE) into the others.
 func (r *restorer) writePages(rt *rtask) error {
 	mm := rt.rec.Mm
-	if mm.PagesFile == "" || mm.PagesSize == 0 {
-		return nil
-	}
-	data, unmap, err := mapPages(r.opts.ImageDir, mm)
+	// The task's own page data and, for an incremental image, the parents'
+	// (every generation's parts mapped contiguously, pages_linux.go).
+	files, release, err := mapPagesChain(r.opts.ImageDir, mm)
 	if err != nil {
 		return err
 	}
-	defer unmap()
+	defer release()
+	if files == nil {
+		return nil
+	}
 	t := rt.lead()
 	if err := t.openMem(); err != nil {
 		return err
@@ -904,7 +906,7 @@ func (r *restorer) writePages(rt *rtask) error {
 	for _, v := range mm.Vmas {
 		writable := v.Prot&image.ProtWrite != 0
 		for _, p := range v.Pages {
-			src := data[p.Off : p.Off+p.Len]
+			src := files[p.File][p.Off : p.Off+p.Len]
 			if !writable {
 				if _, err := t.mem.WriteAt(src, int64(p.Addr)); err != nil {
 					return fmt.Errorf("write %d bytes at %#x: %w", len(src), p.Addr, err)

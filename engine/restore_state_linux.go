@@ -486,9 +486,12 @@ func (r *restorer) restoreTaskState(rt *rtask) error {
 		}
 	}
 	for _, it := range rec.Itimers {
-		if it.Value == 0 {
-			// Caught just as it expired (its signal is among the pending
-			// ones): a zero value would disarm it, so it starts a period.
+		// An ITIMER_REAL that has fired is re-armed only when its SIGALRM is
+		// dequeued (the kernel's dequeue_signal), so a dump that finds the
+		// signal pending reads a zero value with a non-zero interval.
+		// setitimer with a zero value would disarm it for good: arm it one
+		// interval away instead, as the pending signal's delivery would have.
+		if it.Value == 0 && it.Interval != 0 {
 			it.Value = it.Interval
 		}
 		for i, v := range []int64{it.Interval / 1e6, it.Interval % 1e6, it.Value / 1e6, it.Value % 1e6} {

@@ -142,6 +142,16 @@ func (c *Container) Checkpoint(ctx context.Context, opts CheckpointOpts) (_ *oci
 		TCPEstablished: opts.TCPEstablished, ExtUnixSockets: opts.ExtUnixSockets,
 		ShellJob: opts.ShellJob, FileLocks: opts.FileLocks, Stdio: c.rec.Stdio,
 	}
+	if opts.ParentPath != "" {
+		// The engine reads the parent's records (and, where no dirty-page
+		// tracker tells what changed, its pages) from the parent laid out as
+		// a restore would find it; the packer then lists the parent's layers.
+		dopts.Parent = filepath.Join(work, "parent")
+		if err := extractParent(opts.ParentPath, dopts.Parent); err != nil {
+			unlock()
+			return nil, fmt.Errorf("checkpoint of %s: parent checkpoint %s: %w", c.rec.ID, opts.ParentPath, err)
+		}
+	}
 	if !opts.LeaveRunning {
 		// Write the image while the tree is still stopped: the container is
 		// killed only once its image is safe. The page digests are computed
@@ -182,6 +192,20 @@ func (c *Container) Checkpoint(ctx context.Context, opts CheckpointOpts) (_ *oci
 		log.G(ctx).WithError(err).WithField("id", c.rec.ID).Warn("delete container after checkpoint")
 	}
 	return written, nil
+}
+
+// extractParent verifies the parent checkpoint of an incremental one
+// (layout or archive, owned by the caller) and lays its engine files out in dir.
+func extractParent(parent, dir string) error {
+	if err := checkImageOwner(parent); err != nil {
+		return err
+	}
+	ck, err := oci.OpenCheckpoint(parent)
+	if err != nil {
+		return err
+	}
+	defer ck.Close()
+	return ck.Extract(dir)
 }
 
 // phaseTimer, when set (by the benchmarks), is told how long each phase of

@@ -317,6 +317,9 @@ type Mm struct {
 	// packed and verified.
 	PagesParts    []string `json:"pages_parts,omitempty"`
 	PagesPartSize uint64   `json:"pages_part_size,omitempty"`
+	// ParentPages are the page data of earlier generations that the runs
+	// of an incremental image refer to (PageRun.File, incremental.go).
+	ParentPages []ParentPages `json:"parent_pages,omitempty"`
 }
 
 // VMA kinds.
@@ -379,6 +382,9 @@ type PageRun struct {
 	Addr uint64 `json:"addr"`
 	Len  uint64 `json:"len"`
 	Off  uint64 `json:"off"`
+	// File is 0 for the task's own pages file, i > 0 for Mm.ParentPages[i-1]
+	// (an incremental image; never set in Inventory.Shmems runs).
+	File int `json:"file,omitempty"`
 }
 
 // Fd kinds.

@@ -64,7 +64,7 @@ func (inv *Inventory) Validate() error {
 		shm[o.ID] = true
 		var next uint64
 		for _, r := range o.Runs {
-			if r.Len == 0 || r.Addr < next || r.Addr+r.Len < r.Addr || r.Addr+r.Len > o.Size+PageSize ||
+			if r.Len == 0 || r.File != 0 || r.Addr < next || r.Addr+r.Len < r.Addr || r.Addr+r.Len > o.Size+PageSize ||
 				r.Off+r.Len < r.Off || r.Off+r.Len > o.PagesSize {
 				return bad("shmem %d: run %#x+%#x at %#x", o.ID, r.Addr, r.Len, r.Off)
 			}
@@ -190,6 +190,9 @@ func (t *Task) Validate() error {
 // Validate checks that the mappings are ordered, page aligned, and that every
 // page run lies inside its mapping and inside the pages file.
 func (mm *Mm) Validate() error {
+	if err := mm.validateParentPages(); err != nil {
+		return err
+	}
 	var prevEnd uint64
 	for i, v := range mm.Vmas {
 		if v.Start%PageSize != 0 || v.End%PageSize != 0 || v.Start >= v.End || v.End > userTop {
@@ -232,8 +235,12 @@ func (mm *Mm) Validate() error {
 				p.Addr+p.Len < p.Addr || p.Addr+p.Len > v.End {
 				return bad("vma %#x-%#x: page run %#x+%#x", v.Start, v.End, p.Addr, p.Len)
 			}
-			if p.Off%PageSize != 0 || p.Off+p.Len < p.Off || p.Off+p.Len > mm.PagesSize {
-				return bad("vma %#x: page run at file offset %#x+%#x beyond the pages file (%d bytes)", v.Start, p.Off, p.Len, mm.PagesSize)
+			data, ok := mm.PagesDataOf(p.File)
+			if !ok {
+				return bad("vma %#x: page run in pages file %d of %d", v.Start, p.File, len(mm.ParentPages))
+			}
+			if p.Off%PageSize != 0 || p.Off+p.Len < p.Off || p.Off+p.Len > data.Size {
+				return bad("vma %#x: page run at offset %#x+%#x beyond the page data %s (%d bytes)", v.Start, p.Off, p.Len, data.Files[0], data.Size)
 			}
 			next = p.Addr + p.Len
 		}
@@ -241,15 +248,15 @@ func (mm *Mm) Validate() error {
 	if len(mm.Auxv) > 1024 {
 		return bad("auxv of %d words", len(mm.Auxv))
 	}
+	if mm.PagesFile != "" && !plainName(mm.PagesFile) || mm.PagesFile == "" && mm.PagesSize != 0 {
+		return bad("pages file name %q", mm.PagesFile)
+	}
 	if len(mm.PagesParts) > 0 {
-		n := uint64(len(mm.PagesParts))
-		if mm.PagesPartSize == 0 || mm.PagesPartSize%PageSize != 0 || mm.PagesFile == "" ||
-			mm.PagesPartSize > ^uint64(0)/(n+1) ||
-			mm.PagesSize <= n*mm.PagesPartSize || mm.PagesSize > (n+1)*mm.PagesPartSize {
-			return bad("pages file of %d bytes in %d parts of %d bytes", mm.PagesSize, n+1, mm.PagesPartSize)
+		if mm.PagesFile == "" || len(mm.PagesParts) > 1<<16 || !validParts(mm.PagesSize, mm.PagesPartSize, len(mm.PagesParts)) {
+			return bad("pages file of %d bytes in %d parts of %d bytes", mm.PagesSize, len(mm.PagesParts)+1, mm.PagesPartSize)
 		}
 		for _, name := range mm.PagesParts {
-			if name == "" || strings.ContainsRune(name, '/') || name == "." || name == ".." {
+			if !plainName(name) {
 				return bad("pages part name %q", name)
 			}
 		}
@@ -257,6 +264,11 @@ func (mm *Mm) Validate() error {
 		return bad("pages part size without parts")
 	}
 	return nil
+}
+
+// plainName says whether name is a file name without a directory.
+func plainName(name string) bool {
+	return name != "" && !strings.ContainsAny(name, "/\\") && name != "." && name != ".."
 }
 
 // RegsSize is the size of struct user_regs_struct on x86-64.

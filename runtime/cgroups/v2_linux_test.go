@@ -105,9 +105,17 @@ func TestV2StateAndStats(t *testing.T) {
 func TestWatchMemoryEvents(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "memory.events")
+	// Rewritten in place, never truncated, as the kernel's file is never
+	// seen empty: a truncating write could be read as oom_kill 0, and its
+	// content then as a kill.
 	write := func(s string) {
 		t.Helper()
-		if err := os.WriteFile(file, []byte(s), 0o644); err != nil {
+		f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if _, err := f.WriteAt([]byte(s), 0); err != nil {
 			t.Fatal(err)
 		}
 	}

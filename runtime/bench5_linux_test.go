@@ -115,16 +115,24 @@ func buildHeavy(b testing.TB, src string) string {
 	return out
 }
 
-// heavyBundle writes a busybox bundle holding the workload's program (built
-// once per benchmark into bins), with room for its file descriptors and a
-// cgroup unique to this benchmark and process.
+// buildHeavyAll builds every workload's program, by source name, in the
+// top-level benchmark (a sub-benchmark's TempDir is removed after its
+// first, one-iteration run).
+func buildHeavyAll(b testing.TB) map[string]string {
+	b.Helper()
+	bins := map[string]string{}
+	for _, w := range heavyWorkloads() {
+		bins[w.src] = buildHeavy(b, w.src)
+	}
+	return bins
+}
+
+// heavyBundle writes a busybox bundle holding the workload's program (from
+// bins), with room for its file descriptors and a cgroup unique to this
+// benchmark and process.
 func heavyBundle(b testing.TB, w heavyWorkload, bins map[string]string) (string, *specs.Spec) {
 	b.Helper()
-	bin, ok := bins[w.src]
-	if !ok {
-		bin = buildHeavy(b, w.src)
-		bins[w.src] = bin
-	}
+	bin := bins[w.src]
 	bundle, s := benchBundle(b, "", w.args...)
 	benchCopy(b, bin, filepath.Join(s.Root.Path, "bin", filepath.Base(w.args[0])))
 	s.Process.Rlimits = []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 4096, Soft: 4096}}
@@ -170,7 +178,7 @@ func checkHeavy(b testing.TB, w heavyWorkload, rootfs string) {
 // started outside the timer.
 func BenchmarkWorkloadCheckpoint(b *testing.B) {
 	testutil.RequiresRoot(b)
-	bins := map[string]string{}
+	bins := buildHeavyAll(b)
 	for _, w := range heavyWorkloads() {
 		b.Run(w.name, func(b *testing.B) {
 			bundle, s := heavyBundle(b, w, bins)
@@ -203,7 +211,7 @@ func BenchmarkWorkloadCheckpoint(b *testing.B) {
 // its state and the restored container is deleted.
 func BenchmarkWorkloadRestore(b *testing.B) {
 	testutil.RequiresRoot(b)
-	bins := map[string]string{}
+	bins := buildHeavyAll(b)
 	for _, w := range heavyWorkloads() {
 		b.Run(w.name, func(b *testing.B) {
 			bundle, s := heavyBundle(b, w, bins)
@@ -247,7 +255,7 @@ func BenchmarkWorkloadRestore(b *testing.B) {
 // iterations are done the workload, still running, verifies its state.
 func BenchmarkWorkloadStall(b *testing.B) {
 	testutil.RequiresRoot(b)
-	bins := map[string]string{}
+	bins := buildHeavyAll(b)
 	for _, w := range heavyWorkloads() {
 		b.Run(w.name, func(b *testing.B) {
 			bundle, s := heavyBundle(b, w, bins)
@@ -300,7 +308,7 @@ func BenchmarkWorkloadRuncCRIU(b *testing.B) {
 	if major < 4 {
 		skipNote(b, fmt.Sprintf("criu %d.%d on PATH is older than 4.0 (it fails on this kernel's vdso layout): no runc+CRIU comparison", major, minor))
 	}
-	bins := map[string]string{}
+	bins := buildHeavyAll(b)
 	for _, w := range heavyWorkloads() {
 		var tcp []string
 		if w.tcp {

@@ -3,7 +3,10 @@
 #
 # The heavy container benchmarks (runtime: checkpoint/restore of 64 MiB,
 # 512 MiB, 1 GiB and a 50-process tree, the --leave-running stall, runc+CRIU
-# when criu >= 4.0) run BENCHTIME times (default 3x); the cheap ones
+# when criu >= 4.0; then the Workload ones: a 64-thread process, a static Go
+# program with a 1 GiB heap and goroutines, an echo server holding 1,000 TCP
+# connections, each restore verified by the workload itself, the same with
+# runc+CRIU) run BENCHTIME times (default 3x); the cheap ones
 # (create/start/delete vs runc, baselines) LIGHTTIME times (default 20x);
 # the shim's `ctr run --rm` latency and RSS next to containerd's runc shim
 # once (each iteration is a median of 20 runs).
@@ -21,7 +24,8 @@ run() {
 }
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT"
 run -bench 'Baseline|LifecycleTrue' -benchtime "$LIGHTTIME" ./runtime/ ./oci/
-run -bench 'Checkpoint|Restore|Stall|RuncCRIU' -benchtime "$BENCHTIME" ./runtime/
+run -bench '^Benchmark(Checkpoint|Restore|Stall|RuncCRIU)$' -benchtime "$BENCHTIME" ./runtime/
+run -bench '^BenchmarkWorkload(Checkpoint|Restore|Stall|RuncCRIU)$' -benchtime "$BENCHTIME" ./runtime/
 run -bench . -benchtime "$BENCHTIME" ./engine/ ./oci/
 run -bench 'CreateStartDelete' -benchtime "$LIGHTTIME" ./cmd/cryo/
 # ctr run --rm: median of 20 runs per iteration, cryo's shim next to runc's, and shim RSS.

@@ -31,7 +31,7 @@ func newBundle(t *testing.T, args ...string) (string, *specs.Spec) {
 	s.Root.Readonly = false
 	s.Process.Terminal = false
 	s.Process.Args = args
-	s.Linux.CgroupsPath = "/cryo-runtime-test-" + sanitize(t.Name())
+	s.Linux.CgroupsPath = fmt.Sprintf("/cryo-runtime-test-%d-%s", os.Getpid(), sanitize(t.Name()))
 	return bundle, s
 }
 

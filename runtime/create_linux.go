@@ -125,6 +125,12 @@ func (r *Runtime) Create(ctx context.Context, id string, opts CreateOpts) (_ *Co
 	if spec.Linux.IntelRdt != nil {
 		return nil, fmt.Errorf("intelRdt: %w", ErrNotSupported)
 	}
+	if spec.Linux.MemoryPolicy != nil {
+		return nil, fmt.Errorf("memoryPolicy: %w", ErrNotSupported)
+	}
+	if len(spec.Linux.NetDevices) > 0 {
+		return nil, fmt.Errorf("netDevices: %w", ErrNotSupported)
+	}
 
 	cfg := initConfig{
 		Mode: modeCreate, ID: id, Bundle: bundle, Rootfs: spec.Root.Path, Spec: spec, Process: proc,

@@ -253,7 +253,9 @@ func (c *Container) signalAll(sig syscall.Signal) error {
 }
 
 // Wait waits for the init to exit and returns its exit code (128+signal when
-// killed). When this process is not the init's parent the code is -1.
+// killed). When this process is not the init's parent (another process
+// created it, or the init was forked by the nsenter constructor) the code is
+// -1, unless this process is a child subreaper that adopted the init.
 func (c *Container) Wait() (int, error) {
 	if c.cmd != nil {
 		c.waitOnce.Do(func() {
@@ -268,7 +270,17 @@ func (c *Container) Wait() (int, error) {
 		})
 		return c.waitCode, c.waitErr
 	}
-	return -1, waitGone(c.rec.Pid, c.rec.PidStartTime, 0)
+	if err := waitGone(c.rec.Pid, c.rec.PidStartTime, 0); err != nil {
+		return -1, err
+	}
+	var ws unix.WaitStatus
+	if wpid, err := unix.Wait4(c.rec.Pid, &ws, unix.WNOHANG|unix.WALL, nil); err != nil || wpid != c.rec.Pid {
+		return -1, nil
+	}
+	if ws.Signaled() {
+		return 128 + int(ws.Signal()), nil
+	}
+	return ws.ExitStatus(), nil
 }
 
 func exitCode(cmd *exec.Cmd, err error) (int, error) {

@@ -38,6 +38,9 @@ type CreateOpts struct {
 	// Stdin, Stdout and Stderr become the init's stdio when there is no
 	// terminal (nil: /dev/null).
 	Stdin, Stdout, Stderr *os.File
+	// ExtraFiles are passed to the container process as fds 3, 4, ... in
+	// addition to stdio (runc's --preserve-fds; no LISTEN_FDS is set).
+	ExtraFiles []*os.File
 	// NoPivot uses MS_MOVE + chroot instead of pivot_root.
 	NoPivot bool
 	// NoNewKeyring keeps the caller's session keyring.
@@ -122,6 +125,12 @@ func (r *Runtime) Create(ctx context.Context, id string, opts CreateOpts) (_ *Co
 	if spec.Linux.IntelRdt != nil {
 		return nil, fmt.Errorf("intelRdt: %w", ErrNotSupported)
 	}
+	if spec.Linux.MemoryPolicy != nil {
+		return nil, fmt.Errorf("memoryPolicy: %w", ErrNotSupported)
+	}
+	if len(spec.Linux.NetDevices) > 0 {
+		return nil, fmt.Errorf("netDevices: %w", ErrNotSupported)
+	}
 
 	cfg := initConfig{
 		Mode: modeCreate, ID: id, Bundle: bundle, Rootfs: spec.Root.Path, Spec: spec, Process: proc,
@@ -129,6 +138,7 @@ func (r *Runtime) Create(ctx context.Context, id string, opts CreateOpts) (_ *Co
 	}
 	var cloneFlags uintptr
 	var joins []nsJoin
+	var userPath, timePath string
 	var mntns *os.File
 	defer func() {
 		if mntns != nil {
@@ -150,7 +160,21 @@ func (r *Runtime) Create(ctx context.Context, id string, opts CreateOpts) (_ *Co
 		}
 		switch ns.Type {
 		case specs.UserNamespace, specs.TimeNamespace:
-			return nil, fmt.Errorf("joining the %s namespace %s (the kernel only lets a single-threaded process join it): %w", ns.Type, ns.Path, ErrNotSupported)
+			// Joining the namespace this process is in already changes
+			// nothing (and setns refuses to re-enter one's own user
+			// namespace).
+			same, err := sameNamespace(ns.Path, "/proc/self/ns/"+string(ns.Type))
+			if err != nil {
+				return nil, fmt.Errorf("%s namespace: %w", ns.Type, err)
+			}
+			if same {
+				continue
+			}
+			if ns.Type == specs.UserNamespace {
+				userPath = ns.Path
+			} else {
+				timePath = ns.Path
+			}
 		case specs.MountNamespace:
 			if mntns, err = os.Open(ns.Path); err != nil {
 				return nil, fmt.Errorf("open mount namespace: %w", err)
@@ -162,6 +186,11 @@ func (r *Runtime) Create(ctx context.Context, id string, opts CreateOpts) (_ *Co
 	if !cfg.NewNS[string(specs.MountNamespace)] && mntns == nil {
 		return nil, fmt.Errorf("a container without its own mount namespace: %w", ErrNotSupported)
 	}
+	early, err := planEarlyJoins(spec.Linux, cfg.NewNS, userPath, timePath, &cloneFlags, &joins)
+	if err != nil {
+		return nil, err
+	}
+	cfg.JoinUser = userPath != ""
 	var sysattr syscall.SysProcAttr
 	sysattr.Cloneflags = cloneFlags
 	sysattr.Setsid = proc.Terminal
@@ -200,6 +229,7 @@ func (r *Runtime) Create(ctx context.Context, id string, opts CreateOpts) (_ *Co
 	}
 	var cmd *exec.Cmd
 	var cg cgroups.Manager
+	grandchild := 0 // an init that is not our child (see planEarlyJoins)
 	defer func() {
 		if retErr == nil {
 			return
@@ -207,6 +237,10 @@ func (r *Runtime) Create(ctx context.Context, id string, opts CreateOpts) (_ *Co
 		if cmd != nil && cmd.Process != nil {
 			_ = cmd.Process.Kill()
 			_, _ = cmd.Process.Wait()
+		}
+		if grandchild != 0 {
+			_ = unix.Kill(grandchild, unix.SIGKILL)
+			_ = waitGone(grandchild, 0, 5*time.Second)
 		}
 		if cg != nil {
 			if err := cg.Delete(); err != nil {
@@ -221,9 +255,11 @@ func (r *Runtime) Create(ctx context.Context, id string, opts CreateOpts) (_ *Co
 		return nil, err
 	}
 
-	var files []*os.File
+	// The extra files come first (fds 3..3+N-1 of the init, kept open
+	// across its execve); the caller keeps its own copies.
+	files := append([]*os.File{}, opts.ExtraFiles...)
 	defer func() {
-		for _, f := range files {
+		for _, f := range files[len(opts.ExtraFiles):] {
 			f.Close()
 		}
 	}()
@@ -292,7 +328,19 @@ func (r *Runtime) Create(ctx context.Context, id string, opts CreateOpts) (_ *Co
 	}
 
 	cmd = exec.Command(r.InitCommand[0], r.InitCommand[1:]...)
-	cmd.Env = []string{initEnv + "=1"}
+	cmd.Env = initEnvFor(len(opts.ExtraFiles))
+	if len(early.paths) > 0 {
+		env, err := early.env(addFile)
+		if err != nil {
+			return nil, err
+		}
+		cmd.Env = append(cmd.Env, env...)
+		if early.fork {
+			if err := unix.SetsockoptInt(int(parentSync.Fd()), unix.SOL_SOCKET, unix.SO_PASSCRED, 1); err != nil {
+				return nil, fmt.Errorf("sync socket: %w", err)
+			}
+		}
+	}
 	setStdio(cmd, opts.Stdin, opts.Stdout, opts.Stderr)
 	cmd.ExtraFiles = files
 	cmd.SysProcAttr = &sysattr
@@ -300,11 +348,29 @@ func (r *Runtime) Create(ctx context.Context, id string, opts CreateOpts) (_ *Co
 		cmd = nil
 		return nil, fmt.Errorf("start container init: %w", err)
 	}
-	for _, f := range files {
+	for _, f := range files[len(opts.ExtraFiles):] {
 		f.Close()
 	}
-	files = nil
+	files = files[:len(opts.ExtraFiles)]
 	pid := cmd.Process.Pid
+	if early.fork {
+		// The init is the constructor's child, inside the pid namespace;
+		// ours exits at once. The init sends its pid first.
+		werr := cmd.Wait()
+		cmd = nil
+		if werr != nil {
+			return nil, fmt.Errorf("join namespaces of the container init: %w", werr)
+		}
+		if pid, err = recvPid(parentSync); err != nil {
+			return nil, fmt.Errorf("container init: %w", err)
+		}
+		grandchild = pid
+	}
+	if userPath != "" {
+		if err := checkJoinedMaps(pid, spec.Linux); err != nil {
+			return nil, err
+		}
+	}
 
 	if cg, err = cgroups.New(c.rec.CgroupPath, withDefaultDevices(spec.Linux)); err != nil {
 		return nil, fmt.Errorf("cgroup of %s: %w", id, err)
@@ -370,7 +436,7 @@ func (r *Runtime) Create(ctx context.Context, id string, opts CreateOpts) (_ *Co
 			return nil, err
 		}
 	}
-	c.cmd = cmd
+	c.cmd = cmd // nil when the init is not our child
 	c.cg = cg
 	return c, nil
 }

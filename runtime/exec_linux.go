@@ -26,6 +26,9 @@ type ExecOpts struct {
 	ConsoleSocket string
 	// Stdin, Stdout, Stderr are the process's stdio without a terminal.
 	Stdin, Stdout, Stderr *os.File
+	// ExtraFiles are passed to the process as fds 3, 4, ... in addition to
+	// stdio (runc's --preserve-fds).
+	ExtraFiles []*os.File
 	// PidFile receives the process's host pid.
 	PidFile string
 }
@@ -135,6 +138,10 @@ func (c *Container) Exec(ctx context.Context, opts ExecOpts) (*Process, error) {
 		}
 	}
 	if len(early) > 0 && (!nsenter.Available || c.rt.forceNsenterELF) {
+		if len(opts.ExtraFiles) > 0 {
+			// The stub's fds are fixed (4: this program, 5...: namespaces).
+			return nil, fmt.Errorf("extra files for an exec into the user or time namespace of %s without the cgo nsenter constructor: %w", c.rec.ID, ErrNotSupported)
+		}
 		return c.execViaNsenter(ctx, opts, differs)
 	}
 	var joins []nsJoin
@@ -145,9 +152,11 @@ func (c *Container) Exec(ctx context.Context, opts ExecOpts) (*Process, error) {
 	}
 
 	cfg := initConfig{Mode: modeExec, ID: c.rec.ID, Bundle: c.rec.Bundle, Rootfs: c.rec.Rootfs, Spec: c.rec.Spec, Process: p, NoNewKeyring: c.rec.NoNewKeyring}
-	var files []*os.File
+	// The extra files come first (fds 3..3+N-1); the caller keeps them.
+	nExtra := len(opts.ExtraFiles)
+	files := append([]*os.File{}, opts.ExtraFiles...)
 	defer func() {
-		for _, f := range files {
+		for _, f := range files[nExtra:] {
 			f.Close()
 		}
 	}()
@@ -182,7 +191,7 @@ func (c *Container) Exec(ctx context.Context, opts ExecOpts) (*Process, error) {
 		setns = append(setns, strconv.Itoa(addFile(f)))
 	}
 	cmd := exec.Command(c.rt.InitCommand[0], c.rt.InitCommand[1:]...)
-	cmd.Env = []string{initEnv + "=1"}
+	cmd.Env = initEnvFor(nExtra)
 	if len(setns) > 0 {
 		cmd.Env = append(cmd.Env, nsenter.Env+"="+strings.Join(setns, ","))
 	}
@@ -192,10 +201,10 @@ func (c *Container) Exec(ctx context.Context, opts ExecOpts) (*Process, error) {
 	if err := startIn(joins, cmd); err != nil {
 		return nil, fmt.Errorf("start exec process: %w", err)
 	}
-	for _, f := range files {
+	for _, f := range files[nExtra:] {
 		f.Close()
 	}
-	files = nil
+	files = files[:nExtra]
 	proc := &Process{Pid: cmd.Process.Pid, cmd: cmd}
 	if err := c.finishExec(proc, parentSync, &cfg); err != nil {
 		return nil, err

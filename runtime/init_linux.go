@@ -31,12 +31,34 @@ import (
 // the container's cgroup) and, for time, so the offsets can be written before
 // any task enters it (execve moves the init into it). User and time
 // namespaces cannot be joined by a multi-threaded process (the kernel
-// requires a single-threaded caller), so joining those by path is refused
-// with ErrNotSupported.
+// requires a single-threaded caller): the cgo constructor of package
+// runtime/internal/nsenter joins those given by path before the Go runtime
+// starts; with a user namespace joined, the other joins and the new
+// namespaces move there too, after it (earlyjoin_linux.go).
 const (
-	initEnv    = "_CRYO_INIT"
-	initSyncFD = 3
+	initEnv = "_CRYO_INIT"
+	// initExtraEnv gives the number of caller files (CreateOpts.ExtraFiles,
+	// ExecOpts.ExtraFiles) the init holds at fds 3..3+N-1 for the
+	// container process: they stay open across its execve, and the sync
+	// socket follows them at fd 3+N.
+	initExtraEnv = "_CRYO_EXTRA_FDS"
 )
+
+// initSyncFD is the init's end of the sync socket: the first fd after the
+// extra files.
+func initSyncFD() int {
+	n, _ := strconv.Atoi(os.Getenv(initExtraEnv))
+	return 3 + n
+}
+
+// initEnvFor is the environment of an init re-exec with n extra files.
+func initEnvFor(n int) []string {
+	env := []string{initEnv + "=1"}
+	if n > 0 {
+		env = append(env, initExtraEnv+"="+strconv.Itoa(n))
+	}
+	return env
+}
 
 func isInit() bool {
 	return len(os.Args) > 1 && os.Args[1] == "init" && os.Getenv(initEnv) == "1"
@@ -59,7 +81,7 @@ func Reexec() bool {
 	if !isInit() {
 		return false
 	}
-	sync := os.NewFile(initSyncFD, "sync")
+	sync := os.NewFile(uintptr(initSyncFD()), "sync")
 	err := runInit(sync)
 	// runInit only returns on failure; report it to whoever listens.
 	// The parent reports it; the container's stderr is not ours to write.
@@ -86,6 +108,7 @@ type initConfig struct {
 	NoPivot       bool            `json:"no_pivot"`
 	NoNewKeyring  bool            `json:"no_new_keyring"`
 	NewNS         map[string]bool `json:"new_ns"`
+	JoinUser      bool            `json:"join_user"` // a user namespace joined by path
 	UnshareCgroup bool            `json:"unshare_cgroup"`
 	UnshareTime   bool            `json:"unshare_time"`
 	ListenerFD    int             `json:"listener_fd"`
@@ -110,15 +133,16 @@ type syncMsg struct {
 
 func runInit(sync *os.File) error {
 	// Nothing this process inherited may reach the container's process:
-	// every fd above stdio is closed by the final execve.
-	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+	// every fd above stdio and the extra files is closed by the final
+	// execve.
+	if err := unix.CloseRange(uint(initSyncFD()), ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
 		return fmt.Errorf("mark fds close-on-exec: %w", err)
 	}
 	if os.Getenv(initSendPidEnv) == "1" {
 		// Started through the nsenter stub: the parent cannot know this
 		// pid; the kernel translates it for the receiver.
 		cred := unix.UnixCredentials(&unix.Ucred{Pid: int32(os.Getpid()), Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid())})
-		if err := unix.Sendmsg(initSyncFD, []byte{0}, cred, nil, 0); err != nil {
+		if err := unix.Sendmsg(initSyncFD(), []byte{0}, cred, nil, 0); err != nil {
 			return fmt.Errorf("send pid: %w", err)
 		}
 	}
@@ -338,6 +362,14 @@ func writeSysctl(key, val string) error {
 func setupConsole(sockFD int, size *specs.Box) error {
 	if sockFD <= 0 {
 		return fmt.Errorf("terminal requested without a console socket: %w", ErrInvalidConfig)
+	}
+	// An init forked by the nsenter constructor is not the session leader
+	// its parent was made: only a session leader may take a controlling
+	// terminal.
+	if sid, err := unix.Getsid(0); err == nil && sid != os.Getpid() {
+		if _, err := unix.Setsid(); err != nil {
+			return fmt.Errorf("setsid: %w", err)
+		}
 	}
 	pty, slaveName, err := console.NewPty()
 	if err != nil {

@@ -415,7 +415,7 @@ func createDevice(cfg *initConfig, d specs.LinuxDevice) error {
 	if d.FileMode != nil {
 		mode = uint32(*d.FileMode & 0o7777)
 	}
-	if cfg.NewNS[string(specs.UserNamespace)] {
+	if cfg.NewNS[string(specs.UserNamespace)] || cfg.JoinUser {
 		// mknod is refused inside a user namespace: bind the host's node.
 		if err := makeMountpoint(dest, false); err != nil {
 			return err

@@ -194,7 +194,15 @@ var restoreCommand = &cli.Command{
 		} else if image == "" {
 			image = "checkpoint"
 		}
-		opts := runtime.RestoreOpts{CreateOpts: createOpts(ctx), ImagePath: image, WorkPath: ctx.String("work-path")}
+		if ctx.Uint("preserve-fds") > 0 {
+			// The restored tree gets its files from the checkpoint.
+			return fmt.Errorf("--preserve-fds with restore: %w", runtime.ErrNotSupported)
+		}
+		copts, err := createOpts(ctx)
+		if err != nil {
+			return err
+		}
+		opts := runtime.RestoreOpts{CreateOpts: copts, ImagePath: image, WorkPath: ctx.String("work-path")}
 		// Without a config.json in the bundle the restore uses the spec
 		// saved in the image (a container moved with just its rootfs).
 		spec, err := oci.LoadSpec(opts.Bundle)

@@ -1,7 +1,11 @@
 package main
 
 import (
+	"fmt"
 	"os"
+	"strconv"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/urfave/cli/v2"
 
@@ -14,6 +18,22 @@ var createFlags = []cli.Flag{
 	&cli.StringFlag{Name: "console-socket", Usage: "AF_UNIX socket that receives the pty master"},
 	&cli.BoolFlag{Name: "no-pivot", Usage: "use MS_MOVE + chroot instead of pivot_root"},
 	&cli.BoolFlag{Name: "no-new-keyring", Usage: "keep the caller's session keyring"},
+	preserveFdsFlag,
+}
+
+var preserveFdsFlag = &cli.UintFlag{Name: "preserve-fds", Usage: "pass this many of our fds from 3 on to the container process (as the same numbers, in addition to stdio)"}
+
+// preservedFiles returns our fds 3..3+n-1 for --preserve-fds; each must be
+// open.
+func preservedFiles(n uint) ([]*os.File, error) {
+	var files []*os.File
+	for fd := 3; fd < 3+int(n); fd++ {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
+			return nil, fmt.Errorf("--preserve-fds %d: fd %d: %w", n, fd, err)
+		}
+		files = append(files, os.NewFile(uintptr(fd), "preserved-"+strconv.Itoa(fd)))
+	}
+	return files, nil
 }
 
 var createCommand = &cli.Command{
@@ -29,13 +49,22 @@ var createCommand = &cli.Command{
 		if err != nil {
 			return err
 		}
-		_, err = r.Create(ctx.Context, ctx.Args().First(), createOpts(ctx))
+		opts, err := createOpts(ctx)
+		if err != nil {
+			return err
+		}
+		_, err = r.Create(ctx.Context, ctx.Args().First(), opts)
 		return err
 	},
 }
 
-func createOpts(ctx *cli.Context) runtime.CreateOpts {
+func createOpts(ctx *cli.Context) (runtime.CreateOpts, error) {
+	extra, err := preservedFiles(ctx.Uint("preserve-fds"))
+	if err != nil {
+		return runtime.CreateOpts{}, err
+	}
 	return runtime.CreateOpts{
+		ExtraFiles:    extra,
 		Bundle:        ctx.String("bundle"),
 		PidFile:       ctx.String("pid-file"),
 		ConsoleSocket: ctx.String("console-socket"),
@@ -44,5 +73,5 @@ func createOpts(ctx *cli.Context) runtime.CreateOpts {
 		Stdin:         os.Stdin,
 		Stdout:        os.Stdout,
 		Stderr:        os.Stderr,
-	}
+	}, nil
 }

@@ -32,6 +32,7 @@ var execCommand = &cli.Command{
 		&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "do not wait for the process"},
 		&cli.StringFlag{Name: "pid-file", Usage: "file to write the process pid to"},
 		&cli.StringFlag{Name: "console-socket", Usage: "AF_UNIX socket that receives the pty master"},
+		preserveFdsFlag,
 	},
 	SkipFlagParsing: false,
 	Action: func(ctx *cli.Context) error {
@@ -46,8 +47,12 @@ var execCommand = &cli.Command{
 		if err != nil {
 			return err
 		}
+		extra, err := preservedFiles(ctx.Uint("preserve-fds"))
+		if err != nil {
+			return err
+		}
 		opts := runtime.ExecOpts{
-			Process: p, PidFile: ctx.String("pid-file"), ConsoleSocket: ctx.String("console-socket"),
+			ExtraFiles: extra, Process: p, PidFile: ctx.String("pid-file"), ConsoleSocket: ctx.String("console-socket"),
 			Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
 		}
 		var tty *ttyProxy

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -62,7 +63,14 @@ func newCLI(t testing.TB) *cryoCLI {
 // would keep a pipe open.
 func (c *cryoCLI) run(args ...string) (string, string, int) {
 	c.t.Helper()
+	return c.runExtra(nil, args...)
+}
+
+// runExtra is run with extra files passed to cryo as fds 3, 4, ...
+func (c *cryoCLI) runExtra(extra []*os.File, args ...string) (string, string, int) {
+	c.t.Helper()
 	cmd := exec.Command(cryoBin, append([]string{"--root", c.root}, args...)...)
+	cmd.ExtraFiles = extra
 	outF, err := os.CreateTemp("", "runtime-cli-out-")
 	if err != nil {
 		c.t.Fatal(err)
@@ -560,5 +568,128 @@ func TestCLITerminal(t *testing.T) {
 	out, errs, code = c.run("exec", "-t", "cli-tty3", "sh", "-c", "tty; exit 6")
 	if code != 6 || !strings.Contains(out, "/dev/pts/") {
 		t.Fatalf("exec -t: exit %d stdout %q stderr %q", code, out, errs)
+	}
+}
+
+// readPipe closes our write end and reads what the container wrote to it.
+func readPipe(t *testing.T, r, w *os.File) string {
+	t.Helper()
+	w.Close()
+	b, err := io.ReadAll(r)
+	r.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// TestCLIPreserveFds passes pipes held by the test as fds 3.. to the
+// container's process (run, create+start) and to an exec'd one: with
+// --preserve-fds N exactly fds 3..3+N-1 arrive, under the same numbers.
+func TestCLIPreserveFds(t *testing.T) {
+	c := newCLI(t)
+	pipe := func() (*os.File, *os.File) {
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r, w
+	}
+	// run in the foreground: fd 3 preserved, fd 4 (open in cryo) not.
+	dir, _ := bundle(t, "sh", "-c", "echo run-fd3 >&3; if echo x >&4; then echo fd4-leaked >&3; fi; true")
+	r3, w3 := pipe()
+	r4, w4 := pipe()
+	if out, errs, code := c.runExtra([]*os.File{w3, w4}, "run", "--preserve-fds", "1", "--bundle", dir, "cli-pfds-run"); code != 0 {
+		t.Fatalf("run --preserve-fds 1: exit %d %s%s", code, out, errs)
+	}
+	if got := readPipe(t, r3, w3); got != "run-fd3\n" {
+		t.Fatalf("container wrote %q to fd 3, want run-fd3", got)
+	}
+	if got := readPipe(t, r4, w4); got != "" {
+		t.Fatalf("fd 4 reached the container: %q", got)
+	}
+
+	// create + start: the created init keeps fd 3 until it execs.
+	dir, _ = bundle(t, "sh", "-c", "echo create-fd3 >&3; exec sleep 100")
+	id := "cli-pfds"
+	r3, w3 = pipe()
+	if out, errs, code := c.runExtra([]*os.File{w3}, "create", "--preserve-fds", "1", "--bundle", dir, id); code != 0 {
+		t.Fatalf("create --preserve-fds 1: exit %d %s%s", code, out, errs)
+	}
+	t.Cleanup(func() { c.run("delete", "-f", id) })
+	c.ok("start", id)
+	// The reader gets the line; EOF would only come after the container's
+	// sleep exits, so read just the line.
+	w3.Close()
+	buf := make([]byte, 64)
+	n, err := r3.Read(buf)
+	r3.Close()
+	if err != nil || string(buf[:n]) != "create-fd3\n" {
+		t.Fatalf("created container wrote %q (%v) to fd 3, want create-fd3", buf[:n], err)
+	}
+
+	// exec with two preserved fds.
+	r3, w3 = pipe()
+	r4, w4 = pipe()
+	if out, errs, code := c.runExtra([]*os.File{w3, w4}, "exec", "--preserve-fds", "2", id, "sh", "-c", "echo exec-fd3 >&3; echo exec-fd4 >&4"); code != 0 {
+		t.Fatalf("exec --preserve-fds 2: exit %d %s%s", code, out, errs)
+	}
+	if got := readPipe(t, r3, w3); got != "exec-fd3\n" {
+		t.Fatalf("exec wrote %q to fd 3", got)
+	}
+	if got := readPipe(t, r4, w4); got != "exec-fd4\n" {
+		t.Fatalf("exec wrote %q to fd 4", got)
+	}
+	// Asking for an fd that is not open is an error.
+	if _, errs, code := c.run("exec", "--preserve-fds", "5", id, "true"); code == 0 || !strings.Contains(errs, "preserve-fds") {
+		t.Fatalf("exec --preserve-fds 5 without open fds: exit %d %q", code, errs)
+	}
+}
+
+// TestCLIRunJoinUserNamespace runs a container in the foreground that joins
+// another container's user and time namespaces by path: its init is forked
+// by the nsenter constructor (a new pid namespace inside the joined user
+// namespace), and `cryo run` still returns its exit status.
+func TestCLIRunJoinUserNamespace(t *testing.T) {
+	c := newCLI(t)
+	userns := func(dir string, s *specs.Spec) {
+		var mounts []specs.Mount
+		for _, m := range s.Mounts {
+			if m.Type != "cgroup" { // cgroup v1 cannot be mounted from a user namespace
+				mounts = append(mounts, m)
+			}
+		}
+		s.Mounts = mounts
+		writeSpec(t, dir, s)
+		for d := dir; d != "/tmp" && d != "/"; d = filepath.Dir(d) {
+			if err := os.Chmod(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	dirA, sA := bundle(t, "sleep", "100")
+	sA.Linux.Namespaces = append(sA.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace}, specs.LinuxNamespace{Type: specs.TimeNamespace})
+	sA.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 410000, Size: 65536}}
+	sA.Linux.GIDMappings = sA.Linux.UIDMappings
+	sA.Linux.TimeOffsets = map[string]specs.LinuxTimeOffset{"monotonic": {Secs: 1234567}}
+	sA.Linux.CgroupsPath += "-a"
+	userns(dirA, sA)
+	idA := "cli-join-a"
+	c.ok("run", "-d", "--bundle", dirA, idA)
+	t.Cleanup(func() { c.run("delete", "-f", idA) })
+	pidA := c.state(idA).Pid
+
+	dirB, sB := bundle(t, "sh", "-c", "echo $$; head -1 /proc/self/uid_map; head -1 /proc/self/timens_offsets; exit 6")
+	sB.Linux.Namespaces = append(sB.Linux.Namespaces,
+		specs.LinuxNamespace{Type: specs.UserNamespace, Path: fmt.Sprintf("/proc/%d/ns/user", pidA)},
+		specs.LinuxNamespace{Type: specs.TimeNamespace, Path: fmt.Sprintf("/proc/%d/ns/time", pidA)})
+	userns(dirB, sB)
+	out, errs, code := c.run("run", "--bundle", dirB, "cli-join-b")
+	f := strings.Fields(out)
+	if code != 6 || len(f) != 7 || f[0] != "1" || f[2] != "410000" || f[4] != "monotonic" || f[5] != "1234567" {
+		t.Fatalf("run joining A's user and time namespaces: exit %d stdout %q stderr %q, want exit 6, pid 1, A's mapping and offset", code, out, errs)
+	}
+	if out := c.ok("list", "-q"); out != idA+"\n" {
+		t.Fatalf("containers after run: %q", out)
 	}
 }

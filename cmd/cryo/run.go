@@ -31,7 +31,10 @@ var runCommand = &cli.Command{
 		if err != nil {
 			return err
 		}
-		opts := createOpts(ctx)
+		opts, err := createOpts(ctx)
+		if err != nil {
+			return err
+		}
 		spec, err := oci.LoadSpec(opts.Bundle)
 		if err != nil {
 			return err
@@ -57,6 +60,14 @@ func launch(ctx *cli.Context, spec *specs.Spec, opts *runtime.CreateOpts, detach
 		}
 		defer tty.close()
 		opts.ConsoleSocket = tty.sock.Path()
+	}
+	if !detach {
+		// An init forked by the nsenter constructor (a container joining a
+		// user namespace by path) is our grandchild: adopt it to get its
+		// exit status.
+		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+			return fmt.Errorf("become subreaper: %w", err)
+		}
 	}
 	c, err := create()
 	if err != nil {

@@ -13,5 +13,17 @@ import "C"
 // order, as decimal numbers separated by commas.
 const Env = "_CRYO_SETNS"
 
+// RootEnv ("1") makes the constructor become root (uid and gid 0) of the
+// user namespace it joined; UnshareEnv (decimal clone flags) makes it
+// unshare those namespaces after the joins, so that they belong to the
+// joined user namespace; ForkEnv ("1") makes it fork last, the parent
+// exiting at once and the child, inside the joined or new pid namespace,
+// going on.
+const (
+	RootEnv    = "_CRYO_SETNS_ROOT"
+	UnshareEnv = "_CRYO_UNSHARE"
+	ForkEnv    = "_CRYO_FORK"
+)
+
 // Available reports whether the constructor is linked in (cgo builds).
 const Available = true

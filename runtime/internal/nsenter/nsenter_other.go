@@ -8,5 +8,17 @@ package nsenter
 // Env is the environment variable listing the namespace fds to join.
 const Env = "_CRYO_SETNS"
 
+// RootEnv ("1") makes the constructor become root (uid and gid 0) of the
+// user namespace it joined; UnshareEnv (decimal clone flags) makes it
+// unshare those namespaces after the joins, so that they belong to the
+// joined user namespace; ForkEnv ("1") makes it fork last, the parent
+// exiting at once and the child, inside the joined or new pid namespace,
+// going on.
+const (
+	RootEnv    = "_CRYO_SETNS_ROOT"
+	UnshareEnv = "_CRYO_UNSHARE"
+	ForkEnv    = "_CRYO_FORK"
+)
+
 // Available reports whether the constructor is linked in (cgo builds).
 const Available = false

@@ -390,6 +390,7 @@ func (d *dumper) finish(ok bool) error {
 	kill := ok && !d.opts.LeaveRunning
 	var errs []error
 	var late []*tracee
+	var traced []int // still traced after a failed detach, killed: collected below
 	if err := d.files.releaseSockets(kill); err != nil {
 		errs = append(errs, err)
 	}
@@ -460,8 +461,15 @@ func (d *dumper) finish(ok bool) error {
 		}
 	} else {
 		for _, t := range d.tasks {
-			for _, th := range t.threads {
+			for i, th := range t.threads {
 				err := ptrace.Detach(th.tid, 0)
+				if errors.Is(err, unix.ESRCH) && kill && !(i == 0 && t.stat.PPid == os.Getpid()) {
+					// Not in a ptrace-stop, so still ours: once killed its
+					// exit is reported to us first, and until we collect it
+					// a dying PID-namespace init waits for it forever.
+					traced = append(traced, th.tid)
+					continue
+				}
 				if errors.Is(err, unix.ESRCH) && !kill && !th.haveRegs {
 					// Interrupted but not stopped yet (a v1-frozen task
 					// stops only once thawed): detached below.
@@ -486,6 +494,9 @@ func (d *dumper) finish(ok bool) error {
 			errs = append(errs, fmt.Errorf("thaw: %w", err))
 		}
 		d.frozen = false
+	}
+	for i := len(traced) - 1; i >= 0; i-- {
+		waitGone(traced[i])
 	}
 	for _, th := range late {
 		if err := waitStopAndDetach(th.tid, 5*time.Second); err != nil {

@@ -10,7 +10,7 @@ import (
 )
 
 // TestCryoIncrementalChain checkpoints the counter three times with `cryo checkpoint
-// --parent-path` (twice leaving it running, the last time stopping it): each image names its
+// --parent-path` (a --pre-dump first, then leaving it running, the last time stopping it): each image names its
 // parent's manifest, lists every layer of its parent (the same blobs, hardlinked: the chain
 // shares them on disk), and the last link alone restores the counter, which continues from the
 // third checkpoint.
@@ -20,7 +20,8 @@ func TestCryoIncrementalChain(t *testing.T) {
 	b, pid, _ := runTokenLoop(t, c, id, tokenLoop)
 	dir := t.TempDir()
 	links := []string{filepath.Join(dir, "c1"), filepath.Join(dir, "c2"), filepath.Join(dir, "c3")}
-	c.must("checkpoint", "--leave-running", "--image-path", links[0], id)
+	// runc's pre-copy pass: the container runs on, its writes tracked for the next link
+	c.must("checkpoint", "--pre-dump", "--image-path", links[0], id)
 	n := waitToken(t, pid, 0).n
 	waitToken(t, pid, n+2)
 	c.must("checkpoint", "--leave-running", "--parent-path", links[0], "--image-path", links[1], id)

@@ -17,7 +17,6 @@ import (
 // unsupportedFlags are runc checkpoint/restore flags whose feature cryo does
 // not have yet: using one is an error, never silently ignored.
 var unsupportedFlags = map[string]string{
-	"pre-dump":    "pre-dump: use --parent-path for incremental checkpoints",
 	"lazy-pages":  "lazy restore (post-copy)",
 	"page-server": "page server",
 	"empty-ns":    "empty network namespace (--empty-ns)",
@@ -65,7 +64,7 @@ var checkpointCommand = &cli.Command{
 	Flags: append([]cli.Flag{
 		&cli.StringFlag{Name: "parent-path", Usage: "previous checkpoint: write an incremental image on top of it"},
 		&cli.BoolFlag{Name: "leave-running", Usage: "leave the container running after the checkpoint"},
-		&cli.BoolFlag{Name: "pre-dump", Usage: "not supported yet (use --parent-path)"},
+		&cli.BoolFlag{Name: "pre-dump", Usage: "a pre-copy pass: checkpoint leaving the container running and tracking the pages it writes; a later checkpoint with --parent-path saves only those"},
 		&cli.StringFlag{Name: "page-server", Usage: "not supported yet"},
 		&cli.StringFlag{Name: "name", Usage: "name recorded in the image (default: the container id)"},
 	}, crFlags...),

@@ -118,7 +118,7 @@ func checkpoint(ctx *cli.Context) error {
 	_, err = c.Checkpoint(ctx.Context, runtime.CheckpointOpts{
 		ImagePath: image, Archive: ctx.String("archive"), WorkPath: ctx.String("work-path"),
 		ParentPath: ctx.String("parent-path"), Name: ctx.String("name"),
-		LeaveRunning: ctx.Bool("leave-running"), TCPEstablished: ctx.Bool("tcp-established"),
+		LeaveRunning: ctx.Bool("leave-running") || ctx.Bool("pre-dump"), TCPEstablished: ctx.Bool("tcp-established"),
 		ExtUnixSockets: ctx.Bool("ext-unix-sk"), ShellJob: ctx.Bool("shell-job"), FileLocks: ctx.Bool("file-locks"),
 	})
 	return err

@@ -28,8 +28,9 @@ run -bench '^Benchmark(Checkpoint|Restore|Stall|RuncCRIU)$' -benchtime "$BENCHTI
 run -bench '^BenchmarkWorkload(Checkpoint|Restore|Stall|RuncCRIU)$' -benchtime "$BENCHTIME" ./runtime/
 run -bench . -benchtime "$BENCHTIME" ./engine/ ./oci/
 run -bench 'CreateStartDelete' -benchtime "$LIGHTTIME" ./cmd/cryo/
-# ctr run --rm: median of 20 runs per iteration, cryo's shim next to runc's, and shim RSS.
-run -bench 'CtrRunRm' -benchtime 1x ./integration/
+# ctr run --rm: median of 20 runs per iteration, cryo's shim next to runc's, and shim RSS; ctr c
+# checkpoint and ctr c restore --live of 512 MiB (and an incremental one) through both shims.
+run -bench 'CtrRunRm|CtrCheckpointRestore' -benchtime 1x ./integration/
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT"
 echo
 # The table: one row per benchmark, its metrics as columns (name=value).

@@ -33,7 +33,7 @@ echo 'root:x:0:0:root:/root:/bin/sh' >"$B/rootfs/etc/passwd"
 
 # A runc-style default spec, with a writable root and a shell that counts five times a second.
 (cd "$B" && "$CRYO" spec)
-LOOP='i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.2; done'
+LOOP='i=0; while :; do i=$((i+1)); echo $i > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; sleep 0.2; done'
 sed -i -e 's/"terminal": true/"terminal": false/' -e 's/"readonly": true/"readonly": false/' \
 	-e "s|^\(\s*\)\"sh\"\$|\1\"sh\", \"-c\", \"$LOOP\"|" "$B/config.json"
 

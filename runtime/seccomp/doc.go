@@ -34,6 +34,10 @@
 //     (SECCOMP_FILTER_FLAG_NEW_LISTENER) and return it; it cannot be the
 //     default action.
 //
+// On x86, libseccomp also matches a socket or IPC rule inside the socketcall
+// and ipc multiplexers; cryo matches syscall numbers only (a profile that
+// allows socketcall or ipc, as docker's and containerd's do, is unaffected).
+//
 // Syscalls the profile does not name get the default action (libseccomp's
 // behaviour). runc additionally answers ENOSYS for syscalls newer than the
 // profile; cryo does not.

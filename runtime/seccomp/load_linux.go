@@ -48,3 +48,6 @@ func (f *Filter) Load() (*os.File, error) {
 	}
 	return os.NewFile(r, "seccomp-listener"), nil
 }
+
+// Instruction must have the layout of struct sock_filter.
+var _ = [1]struct{}{}[unsafe.Sizeof(Instruction{})-unsafe.Sizeof(unix.SockFilter{})]

@@ -99,7 +99,9 @@ func runDetached(t *testing.T, d *harness.Daemon, r rt, id string, extra []strin
 
 // removeContainer deletes the task (forcefully) and the container if they still exist.
 func removeContainer(t *testing.T, d *harness.Daemon, id string) {
-	ctx := context.Background()
+	// bounded: a task that cannot be removed fails the test instead of hanging the run
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 	if tasks, err := d.Ctr(ctx, "tasks", "ls", "-q"); err == nil && slices.Contains(strings.Fields(tasks), id) {
 		if _, err := d.Ctr(ctx, "tasks", "rm", "-f", id); err != nil {
 			t.Errorf("cleanup: %v", err)

@@ -19,7 +19,6 @@ import (
 
 	"github.com/cryo-run/cryo/engine"
 	"github.com/cryo-run/cryo/oci"
-	"github.com/cryo-run/cryo/runtime/cgroups"
 )
 
 // Version is the cryo version recorded in checkpoint images (set by main).
@@ -137,7 +136,7 @@ func (c *Container) Checkpoint(ctx context.Context, opts CheckpointOpts) (_ *oci
 		return nil
 	}
 	dopts := engine.DumpOptions{
-		Pid: c.rec.Pid, Freezer: &pausedFreezer{cg: cg, paused: st == Paused},
+		Pid: c.rec.Pid, Freezer: cg,
 		ImageDir: filepath.Join(work, "engine"), LeaveRunning: opts.LeaveRunning,
 		TCPEstablished: opts.TCPEstablished, ExtUnixSockets: opts.ExtUnixSockets,
 		ShellJob: opts.ShellJob, FileLocks: opts.FileLocks, Stdio: c.rec.Stdio,
@@ -223,15 +222,6 @@ func reportPhase(ctx context.Context, phase string, d time.Duration) {
 		phaseTimer(phase, d)
 	}
 }
-
-// pausedFreezer lets the engine freeze and thaw the container's cgroup.
-type pausedFreezer struct {
-	cg     cgroups.Manager
-	paused bool
-}
-
-func (f *pausedFreezer) Freeze() error { return f.cg.Freeze() }
-func (f *pausedFreezer) Thaw() error   { return f.cg.Thaw() }
 
 // clocks reads the clocks as the container sees them: the host's plus the
 // offsets of the init's time namespace, so that a restore can make them

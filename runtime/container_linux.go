@@ -405,34 +405,29 @@ func (c *Container) destroy(ctx context.Context) error {
 
 // Pause freezes every process of a running container.
 func (c *Container) Pause() error {
-	st, err := c.Status()
-	if err != nil {
-		return err
-	}
-	if st != Running {
-		return ErrNotRunning
-	}
-	cg, err := c.Cgroup()
-	if err != nil {
-		return err
-	}
-	return cg.Freeze()
+	return c.setFrozen(Running, ErrNotRunning, cgroups.Manager.Freeze)
 }
 
 // Resume thaws a paused container.
 func (c *Container) Resume() error {
+	return c.setFrozen(Paused, ErrNotPaused, cgroups.Manager.Thaw)
+}
+
+// setFrozen applies freeze or thaw to the container's cgroup when the
+// container is in state from, and returns wrong otherwise.
+func (c *Container) setFrozen(from Status, wrong error, apply func(cgroups.Manager) error) error {
 	st, err := c.Status()
 	if err != nil {
 		return err
 	}
-	if st != Paused {
-		return ErrNotPaused
+	if st != from {
+		return wrong
 	}
 	cg, err := c.Cgroup()
 	if err != nil {
 		return err
 	}
-	return cg.Thaw()
+	return apply(cg)
 }
 
 // Processes lists the host pids of every process of the container.

@@ -288,27 +288,19 @@ func (p *process) idOr(containerID string) string {
 }
 
 // Pause freezes the container.
-func (s *service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (_ *ptypes.Empty, retErr error) {
-	defer func() { retErr = errgrpc.ToGRPC(retErr) }()
-	c, err := s.get(r.ID)
-	if err != nil {
-		return nil, err
-	}
-	rc, err := c.running()
-	if err != nil {
-		return nil, err
-	}
-	if err := rc.Pause(); err != nil {
-		return nil, err
-	}
-	s.send(ctrdruntime.TaskPausedEventTopic, &eventstypes.TaskPaused{ContainerID: c.id})
-	return &ptypes.Empty{}, nil
+func (s *service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*ptypes.Empty, error) {
+	return s.setFrozen(r.ID, (*runtime.Container).Pause, ctrdruntime.TaskPausedEventTopic, &eventstypes.TaskPaused{ContainerID: r.ID})
 }
 
 // Resume thaws the container.
-func (s *service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (_ *ptypes.Empty, retErr error) {
+func (s *service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*ptypes.Empty, error) {
+	return s.setFrozen(r.ID, (*runtime.Container).Resume, ctrdruntime.TaskResumedEventTopic, &eventstypes.TaskResumed{ContainerID: r.ID})
+}
+
+// setFrozen pauses or resumes container id with apply and publishes event on topic.
+func (s *service) setFrozen(id string, apply func(*runtime.Container) error, topic string, event events.Event) (_ *ptypes.Empty, retErr error) {
 	defer func() { retErr = errgrpc.ToGRPC(retErr) }()
-	c, err := s.get(r.ID)
+	c, err := s.get(id)
 	if err != nil {
 		return nil, err
 	}
@@ -316,10 +308,10 @@ func (s *service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (_ *ptyp
 	if err != nil {
 		return nil, err
 	}
-	if err := rc.Resume(); err != nil {
+	if err := apply(rc); err != nil {
 		return nil, err
 	}
-	s.send(ctrdruntime.TaskResumedEventTopic, &eventstypes.TaskResumed{ContainerID: c.id})
+	s.send(topic, event)
 	return &ptypes.Empty{}, nil
 }
 

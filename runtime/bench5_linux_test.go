@@ -182,26 +182,8 @@ func BenchmarkWorkloadCheckpoint(b *testing.B) {
 	for _, w := range heavyWorkloads() {
 		b.Run(w.name, func(b *testing.B) {
 			bundle, s := heavyBundle(b, w, bins)
-			r := newBenchRuntime(b)
-			ph := recordPhases(b)
-			var img int64
 			b.SetBytes(w.mem)
-			b.StopTimer()
-			for i := 0; i < b.N; i++ {
-				c := startBench(b, r, benchID(b, i), bundle, s)
-				image := filepath.Join(b.TempDir(), "image")
-				b.StartTimer()
-				if _, err := c.Checkpoint(context.Background(), CheckpointOpts{ImagePath: image, TCPEstablished: w.tcp}); err != nil {
-					b.Fatalf("checkpoint: %v", err)
-				}
-				b.StopTimer()
-				img += dirBytes(b, image)
-				if err := os.RemoveAll(image); err != nil {
-					b.Fatal(err)
-				}
-			}
-			ph.report(b)
-			b.ReportMetric(float64(img)/float64(b.N)/(1<<20), "image-MiB")
+			benchCheckpoints(b, bundle, s, CheckpointOpts{TCPEstablished: w.tcp})
 		})
 	}
 }

@@ -682,6 +682,19 @@ func TestInitELF(t *testing.T) {
 	if !strings.Contains(string(status), fmt.Sprintf("NSpid:\t%d\t1\n", c.Pid())) {
 		t.Errorf("init is not pid 1 of its namespace:\n%s", status)
 	}
+	// The shell itself moves fds around while it redirects (busybox saves
+	// stdout at fd 10 for `echo > file`): look once it has exec'd sleep.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", c.Pid()))
+		if strings.TrimSpace(string(comm)) == "sleep" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("init never exec'd sleep (comm %q)", comm)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", c.Pid()))
 	for _, fd := range fds {
 		if n, _ := strconv.Atoi(fd.Name()); n > 2 {

@@ -36,9 +36,12 @@ func TestNerdctlCheckpoint(t *testing.T) {
 			}
 			return out
 		}
+		// Made before the container's cleanup is registered, so that it is
+		// removed after the container (cleanups run last-in first-out).
+		state := t.TempDir()
 		t.Cleanup(func() { d.Nerdctl(ctx, "rm", "-f", name) })
 		id := strings.TrimSpace(nerd("run", "-d", "--runtime", nerdctlRuntime(d, r), "--network", "none", "--name", name,
-			"-v", t.TempDir()+":/state",
+			"-v", state+":/state",
 			busybox, "sh", "-c", tokenLoop))
 		ti := waitStatus(t, d, id, "RUNNING")
 		waitToken(t, ti.pid, 3)

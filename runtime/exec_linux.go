@@ -217,7 +217,9 @@ func (c *Container) Exec(ctx context.Context, opts ExecOpts) (*Process, error) {
 func (c *Container) finishExec(proc *Process, parentSync *os.File, cfg *initConfig) error {
 	fail := func(err error) error {
 		_ = unix.Kill(proc.Pid, unix.SIGKILL)
-		_, _ = proc.Wait()
+		if code, _ := proc.Wait(); code == nsenter.ExitCode {
+			err = fmt.Errorf("%w (the exec process could not join the container's user or time namespace before it started: exit %d, reason on its stderr)", err, code)
+		}
 		return err
 	}
 	cg, err := c.Cgroup()

@@ -27,3 +27,7 @@ const (
 
 // Available reports whether the constructor is linked in (cgo builds).
 const Available = true
+
+// ExitCode is the exit status of a process whose constructor could not join
+// or create the namespaces it was asked to (it says why on stderr).
+const ExitCode = 125

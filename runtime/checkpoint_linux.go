@@ -110,6 +110,11 @@ func (c *Container) Checkpoint(ctx context.Context, opts CheckpointOpts) (_ *oci
 	pack := func(res *engine.DumpResult) error {
 		defer func(start time.Time) { packTime = time.Since(start); timePhase(ctx, "pack", start) }(time.Now())
 		cfg.Processes = processSummary(res)
+		if res.Monotonic != 0 {
+			// The clocks of the moment the image holds (the end of a
+			// pre-copy, not the start of the checkpoint).
+			cfg.Time = oci.Clocks{Realtime: res.StoppedAt, Monotonic: res.Monotonic, Boottime: res.Boottime}
+		}
 		cfg.Engine = map[string]string{
 			"pageBytes": strconv.FormatUint(res.PageBytes, 10),
 			"kernel":    res.Kernel,
@@ -140,6 +145,9 @@ func (c *Container) Checkpoint(ctx context.Context, opts CheckpointOpts) (_ *oci
 		ImageDir: filepath.Join(work, "engine"), LeaveRunning: opts.LeaveRunning,
 		TCPEstablished: opts.TCPEstablished, ExtUnixSockets: opts.ExtUnixSockets,
 		ShellJob: opts.ShellJob, FileLocks: opts.FileLocks, Stdio: c.rec.Stdio,
+		// A container left running is stopped only for what changed while
+		// its memory was copied (engine/precopy_linux.go).
+		PreCopy: opts.LeaveRunning && opts.ParentPath == "",
 	}
 	if opts.ParentPath != "" {
 		// The engine reads the parent's records (and, where no dirty-page

@@ -42,6 +42,11 @@ type CheckpointOpts struct {
 	// LeaveRunning keeps the container running after the checkpoint; by
 	// default it is stopped and deleted once the image is safely written.
 	LeaveRunning bool
+	// NoPreCopy stops a LeaveRunning container for the whole dump instead of
+	// copying its memory while it runs first (engine.DumpOptions.PreCopy):
+	// one longer stall, for workloads that rewrite most of their memory
+	// faster than it can be copied.
+	NoPreCopy bool
 	// TCPEstablished, ExtUnixSockets, ShellJob and FileLocks allow what runc's
 	// flags of the same name allow.
 	TCPEstablished, ExtUnixSockets, ShellJob, FileLocks bool
@@ -147,7 +152,7 @@ func (c *Container) Checkpoint(ctx context.Context, opts CheckpointOpts) (_ *oci
 		ShellJob: opts.ShellJob, FileLocks: opts.FileLocks, Stdio: c.rec.Stdio,
 		// A container left running is stopped only for what changed while
 		// its memory was copied (engine/precopy_linux.go).
-		PreCopy: opts.LeaveRunning && opts.ParentPath == "",
+		PreCopy: opts.LeaveRunning && opts.ParentPath == "" && !opts.NoPreCopy,
 	}
 	if opts.ParentPath != "" {
 		// The engine reads the parent's records (and, where no dirty-page

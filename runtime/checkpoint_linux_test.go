@@ -3,6 +3,7 @@ package runtime
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -151,35 +152,53 @@ func TestCheckpointRestore(t *testing.T) {
 }
 
 func TestCheckpointLeaveRunning(t *testing.T) {
-	r := newRuntime(t)
-	ctx := context.Background()
-	id := "ckpt-leave"
-	c, bundle := startCounter(t, r, id)
-	rootfs := c.Rootfs()
-	image := filepath.Join(t.TempDir(), "image")
-	before, _ := readCounter(t, rootfs)
-	if _, err := c.Checkpoint(ctx, CheckpointOpts{ImagePath: image, LeaveRunning: true}); err != nil {
-		t.Fatalf("checkpoint: %v", err)
-	}
-	after := waitCounter(t, rootfs, func(s sample) bool { return s.n >= before.n+5 })
-	if st, err := c.Status(); err != nil || st != Running {
-		t.Fatalf("status after --leave-running checkpoint: %v, %v", st, err)
-	}
-	assertUntraced(t, c)
+	for _, noPreCopy := range []bool{false, true} {
+		t.Run(fmt.Sprintf("NoPreCopy=%v", noPreCopy), func(t *testing.T) {
+			r := newRuntime(t)
+			ctx := context.Background()
+			id := fmt.Sprintf("ckpt-leave-%v", noPreCopy)
+			c, bundle := startCounter(t, r, id)
+			rootfs := c.Rootfs()
+			image := filepath.Join(t.TempDir(), "image")
+			before, _ := readCounter(t, rootfs)
+			if _, err := c.Checkpoint(ctx, CheckpointOpts{ImagePath: image, LeaveRunning: true, NoPreCopy: noPreCopy}); err != nil {
+				t.Fatalf("checkpoint: %v", err)
+			}
+			// The image holds a moment of the call: its end, after a pre-copy.
+			end, _ := readCounter(t, rootfs)
+			after := waitCounter(t, rootfs, func(s sample) bool { return s.n >= end.n+5 })
+			if st, err := c.Status(); err != nil || st != Running {
+				t.Fatalf("status after --leave-running checkpoint: %v, %v", st, err)
+			}
+			assertUntraced(t, c)
+			ck, err := oci.OpenCheckpoint(image)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pre := false
+			for _, l := range ck.Manifest.Layers {
+				pre = pre || strings.HasSuffix(l.Annotations[oci.AnnotationPath], "-pre.img")
+			}
+			ck.Close()
+			if pre == noPreCopy {
+				t.Errorf("pre-copied pages in the image: %v, want %v", pre, !noPreCopy)
+			}
 
-	// The image holds the tree as it was: restored, it counts on from the
-	// checkpoint, behind the live container's count.
-	if err := c.Delete(ctx, true); err != nil {
-		t.Fatal(err)
-	}
-	c2, err := r.Restore(ctx, id, RestoreOpts{CreateOpts: CreateOpts{Bundle: bundle}, ImagePath: image})
-	if err != nil {
-		t.Fatalf("restore: %v", err)
-	}
-	t.Cleanup(func() { _ = c2.Delete(ctx, true) })
-	next := waitCounter(t, rootfs, func(s sample) bool { return s.n < after.n })
-	if next.n < before.n || next.n > before.n+3 {
-		t.Errorf("restored counter %d, want just after the checkpoint's %d (live one reached %d)", next.n, before.n, after.n)
+			// The image holds the tree as it was: restored, it counts on
+			// from the checkpoint, behind the live container's count.
+			if err := c.Delete(ctx, true); err != nil {
+				t.Fatal(err)
+			}
+			c2, err := r.Restore(ctx, id, RestoreOpts{CreateOpts: CreateOpts{Bundle: bundle}, ImagePath: image})
+			if err != nil {
+				t.Fatalf("restore: %v", err)
+			}
+			t.Cleanup(func() { _ = c2.Delete(ctx, true) })
+			next := waitCounter(t, rootfs, func(s sample) bool { return s.n < after.n })
+			if next.n < before.n || next.n > end.n+3 {
+				t.Errorf("restored counter %d, want between the checkpoint's start %d and end %d (live one reached %d)", next.n, before.n, end.n, after.n)
+			}
+		})
 	}
 }
 

@@ -455,3 +455,62 @@ func TestPreCopy(t *testing.T) {
 	}
 	checkRestoredSum(t, img, status, s)
 }
+
+// Signals that arrive while a pre-copy dump seizes the tree (twice) are
+// delivered all the same: every queued real-time signal sent during five
+// dumps is counted by the workload, which runs on.
+func TestPreCopySignals(t *testing.T) {
+	testutil.RequiresRoot(t)
+	bin := buildC(t, "sigcount")
+	dir := t.TempDir()
+	status := filepath.Join(dir, "status")
+	fz := newCgroupFreezer(t)
+	cmd := startInNewPidns(t, fz, bin, status)
+	pid := cmd.Process.Pid
+	count := func() int {
+		b, err := os.ReadFile(status)
+		if err != nil {
+			return -1
+		}
+		n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil {
+			return -1
+		}
+		return n
+	}
+	waitFor(t, "the workload's status", func() bool { return count() == 0 })
+	// Signals sent all along the dumps, paced so that the workload (and
+	// its pending queue, RLIMIT_SIGPENDING) keeps up.
+	stop := make(chan struct{})
+	done := make(chan int, 1)
+	go func() {
+		sent := 0
+		for {
+			select {
+			case <-stop:
+				done <- sent
+				return
+			default:
+			}
+			if err := unix.Kill(pid, sigRTMin); err != nil {
+				t.Error(err)
+				done <- sent
+				return
+			}
+			sent++
+			time.Sleep(20 * time.Microsecond)
+		}
+	}()
+	for i := 0; i < 5; i++ {
+		if _, err := Dump(context.Background(), DumpOptions{Pid: pid, Freezer: fz, ImageDir: filepath.Join(dir, "img"+strconv.Itoa(i)), LeaveRunning: true, PreCopy: true}); err != nil {
+			close(stop)
+			t.Fatalf("dump %d: %v", i, err)
+		}
+	}
+	close(stop)
+	sent := <-done
+	waitFor(t, "every signal counted", func() bool { return count() == sent })
+}
+
+// sigRTMin is glibc's SIGRTMIN (the kernel's 32 and 33 are taken by NPTL).
+const sigRTMin = unix.Signal(34)

@@ -174,21 +174,38 @@ func (d *dumper) preCopyPlan(ctx context.Context) (plans []prePlan, err error) {
 	if old.foreign {
 		return nil, fmt.Errorf("%w: a process of the tree uses userfaultfd", ErrUnsupported)
 	}
+	maps := map[*dtask][]procfs.Mapping{}
 	for _, t := range d.tasks {
 		if t.zombie || len(t.threads) == 0 {
 			continue
 		}
 		lead := t.threads[0]
 		// maps, not smaps: smaps walks the page tables, for nothing here.
-		maps, err := procfs.ReadMaps(t.pid)
+		m, err := procfs.ReadMaps(t.pid)
 		if err != nil {
 			return plans, err
 		}
-		if lead.gadget, err = findGadget(lead, maps); err != nil {
+		maps[t] = m
+		if lead.gadget, err = findGadget(lead, m); err != nil {
 			return plans, fmt.Errorf("pid %d: %w", t.nspid, err)
 		}
+		if len(t.intercepted) > 0 {
+			// Signals caught while seizing are queued again by finish,
+			// through a scratch page.
+			if t.scratch, err = lead.sys("mmap scratch", unix.SYS_MMAP, 0, scratchSize, unix.PROT_READ|unix.PROT_WRITE,
+				unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, ^uint64(0), 0); err != nil {
+				return plans, fmt.Errorf("pid %d: %w", t.nspid, err)
+			}
+		}
+	}
+	for _, t := range d.tasks {
+		if maps[t] == nil {
+			continue
+		}
+		lead := t.threads[0]
+		var err error
 		var ranges [][2]uint64
-		for _, m := range maps {
+		for _, m := range maps[t] {
 			if trackable(m) {
 				ranges = append(ranges, [2]uint64{m.Start, m.End})
 			}

@@ -97,8 +97,10 @@ func Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) {
 	pages := newPagePool()
 	defer pages.release()
 	var pre *preCopied
+	var preStopped time.Duration
+	var stopStart time.Time
 	if opts.PreCopy {
-		if pre, err = preCopy(ctx, opts, pages); err != nil {
+		if pre, preStopped, err = preCopy(ctx, opts, pages); err != nil {
 			if ctx.Err() != nil {
 				return nil, fmt.Errorf("dump of pid %d: pre-copy: %w", opts.Pid, err)
 			}
@@ -115,6 +117,7 @@ func Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) {
 		d.files.fileLocks = opts.FileLocks
 		d.files.stdioIDs = opts.Stdio
 		d.files.skip = dirty.isTracker
+		stopStart = time.Now()
 		err = d.run(ctx)
 		if !errors.Is(err, errVfork) || attempt == 100 {
 			break
@@ -125,6 +128,7 @@ func Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+	d.result.Stopped = preStopped
 	if pre == nil {
 		d.result.ParentBytes, d.result.ComparedBytes = dirty.stats.Reused, dirty.stats.Compared
 	} else if err == nil {
@@ -146,6 +150,7 @@ func Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) {
 			logrus.WithError(ferr).WithField("pid", opts.Pid).Warn("release the tree after a failed dump")
 		}
 	}
+	d.result.Stopped += time.Since(stopStart)
 	if err != nil {
 		if pre != nil {
 			pre.remove(opts.ImageDir)

@@ -128,6 +128,10 @@ type DumpResult struct {
 	StoppedAt time.Time `json:"stopped_at"`
 	Monotonic int64     `json:"monotonic"`
 	Boottime  int64     `json:"boottime"`
+	// Stopped is how long the tree was kept stopped (frozen or in ptrace
+	// stops), in all: the stall a LeaveRunning dump causes, the downtime of
+	// one that kills the tree.
+	Stopped time.Duration `json:"stopped"`
 	// PreCopiedBytes are the bytes of pages copied while the tree ran
 	// (PreCopy), part of PageBytes.
 	PreCopiedBytes uint64 `json:"pre_copied_bytes,omitempty"`

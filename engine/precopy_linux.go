@@ -60,9 +60,10 @@ type preTask struct {
 }
 
 // preCopy runs steps 1 and 2 for the tree of opts.Pid, with the copy
-// buffers of pool. On error the tree runs on (a tracker may stay armed in
-// some task, as after a dump that left it running) and no file is left.
-func preCopy(ctx context.Context, opts DumpOptions, pool *pagePool) (*preCopied, error) {
+// buffers of pool; it also returns how long the tree was stopped. On error
+// the tree runs on (a tracker may stay armed in some task, as after a dump
+// that left it running) and no file is left.
+func preCopy(ctx context.Context, opts DumpOptions, pool *pagePool) (_ *preCopied, stopped time.Duration, _ error) {
 	start := time.Now()
 	o := opts
 	o.LeaveRunning = true
@@ -76,10 +77,10 @@ func preCopy(ctx context.Context, opts DumpOptions, pool *pagePool) (*preCopied,
 	if ferr := d.finish(err == nil); ferr != nil {
 		err = errors.Join(err, ferr)
 	}
+	stopped = time.Since(start)
 	if err != nil {
-		return nil, err
+		return nil, stopped, err
 	}
-	stopped := time.Since(start)
 	if preCopyHook != nil {
 		preCopyHook("copy")
 	}
@@ -97,7 +98,7 @@ func preCopy(ctx context.Context, opts DumpOptions, pool *pagePool) (*preCopied,
 			rs, err := presentPages(p.t.pid, r[0], r[1])
 			if err != nil {
 				pre.remove(opts.ImageDir)
-				return nil, fmt.Errorf("pid %d: %w", p.t.nspid, err)
+				return nil, stopped, fmt.Errorf("pid %d: %w", p.t.nspid, err)
 			}
 			for _, g := range rs {
 				if g.Categories&pageIsPresent != 0 && g.Categories&pageIsPfnzero == 0 {
@@ -108,7 +109,7 @@ func preCopy(ctx context.Context, opts DumpOptions, pool *pagePool) (*preCopied,
 		pt, n, err := copyRunning(p.t, regions, opts.ImageDir, pool, pre.digests)
 		if err != nil {
 			pre.remove(opts.ImageDir)
-			return nil, fmt.Errorf("pid %d: %w", p.t.nspid, err)
+			return nil, stopped, fmt.Errorf("pid %d: %w", p.t.nspid, err)
 		}
 		if pt != nil {
 			pt.tracker = p.tracker
@@ -122,9 +123,9 @@ func preCopy(ctx context.Context, opts DumpOptions, pool *pagePool) (*preCopied,
 	}
 	if err := ctx.Err(); err != nil {
 		pre.remove(opts.ImageDir)
-		return nil, err
+		return nil, stopped, err
 	}
-	return pre, nil
+	return pre, stopped, nil
 }
 
 // preCopyHook, set by tests, runs while the tree runs between the steps of

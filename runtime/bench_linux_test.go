@@ -248,6 +248,21 @@ func BenchmarkCheckpoint(b *testing.B) {
 	}
 }
 
+// BenchmarkCheckpointPreCopy is BenchmarkCheckpoint with a pre-copy: the
+// container is stopped only at the end (stopped-ms, the downtime of a
+// migration), for a longer checkpoint (ms/op).
+func BenchmarkCheckpointPreCopy(b *testing.B) {
+	testutil.RequiresRoot(b)
+	hog := buildBenchHog(b)
+	for _, w := range benchWorkloads() {
+		b.Run(w.name, func(b *testing.B) {
+			bundle, s := benchBundle(b, hog, w.args...)
+			b.SetBytes(w.mem)
+			benchCheckpoints(b, bundle, s, CheckpointOpts{PreCopy: true})
+		})
+	}
+}
+
 // BenchmarkRestore restores a container from one checkpoint image, again
 // and again (the image is verified every time); the restored container is
 // deleted outside the timer.

@@ -202,6 +202,50 @@ func TestCheckpointLeaveRunning(t *testing.T) {
 	}
 }
 
+// TestCheckpointPreCopyKill: a checkpoint that stops the container only at
+// the end of a pre-copy, then removes it (a migration's short downtime):
+// the image holds the pre-copied pages, and the restored counter goes on
+// from the value at the end of the checkpoint.
+func TestCheckpointPreCopyKill(t *testing.T) {
+	r := newRuntime(t)
+	ctx := context.Background()
+	id := "ckpt-precopy-kill"
+	c, bundle := startCounter(t, r, id)
+	rootfs := c.Rootfs()
+	image := filepath.Join(t.TempDir(), "image")
+	if _, err := c.Checkpoint(ctx, CheckpointOpts{ImagePath: image, PreCopy: true, ParentPath: image}); err == nil {
+		t.Fatal("checkpoint with PreCopy and a ParentPath: no error")
+	}
+	if _, err := c.Checkpoint(ctx, CheckpointOpts{ImagePath: image, PreCopy: true}); err != nil {
+		t.Fatalf("checkpoint: %v", err)
+	}
+	if _, err := r.Load(id); !errors.Is(err, ErrNotExist) {
+		t.Fatalf("container after checkpoint: got %v, want ErrNotExist", err)
+	}
+	saved, _ := readCounter(t, rootfs)
+	ck, err := oci.OpenCheckpoint(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pre := false
+	for _, l := range ck.Manifest.Layers {
+		pre = pre || strings.HasSuffix(l.Annotations[oci.AnnotationPath], "-pre.img")
+	}
+	ck.Close()
+	if !pre {
+		t.Errorf("no pre-copied pages in the image")
+	}
+	c2, err := r.Restore(ctx, id, RestoreOpts{CreateOpts: CreateOpts{Bundle: bundle}, ImagePath: image})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	t.Cleanup(func() { _ = c2.Delete(ctx, true) })
+	next := waitCounter(t, rootfs, func(s sample) bool { return s.n != saved.n })
+	if next.n != saved.n+1 {
+		t.Errorf("restored counter %d, want %d (just after the checkpoint's %d)", next.n, saved.n+1, saved.n)
+	}
+}
+
 func assertUntraced(t *testing.T, c *Container) {
 	t.Helper()
 	pids, err := c.Processes()

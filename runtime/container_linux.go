@@ -201,7 +201,7 @@ func (c *Container) Start(ctx context.Context) error {
 		return fmt.Errorf("reach init of %s: %w", c.rec.ID, err)
 	}
 	defer conn.Close()
-	if err := json.NewEncoder(conn).Encode(syncMsg{Type: msgStart}); err != nil {
+	if err := sendToInit(conn, syncMsg{Type: msgStart}); err != nil {
 		return fmt.Errorf("signal init of %s: %w", c.rec.ID, err)
 	}
 	if err := waitExec(json.NewDecoder(conn)); err != nil {

@@ -608,7 +608,8 @@ func (w *workload) exec(name string, args ...string) string {
 	p.Args = append([]string{name}, args...)
 	proc, err := w.c.Exec(context.Background(), ExecOpts{Process: &p, Stdout: out, Stderr: out})
 	if err != nil {
-		w.t.Fatalf("exec %v: %v", p.Args, err)
+		b, _ := os.ReadFile(out.Name())
+		w.t.Fatalf("exec %v: %v (its output: %q)", p.Args, err, b)
 	}
 	if code, err := proc.Wait(); err != nil || code != 0 {
 		b, _ := os.ReadFile(out.Name())

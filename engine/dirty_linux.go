@@ -700,11 +700,11 @@ func registerTracker(t *dtask, ranges [][2]uint64, nofile uint64) (*image.Tracke
 	if high <= 2 {
 		return nil, -1, errors.New("no free fd for the tracker")
 	}
+	closeInTask := func(fd uint64) { _, _ = lead.syscall(unix.SYS_CLOSE, fd) }
 	tfd, err := lead.sys("userfaultfd", unix.SYS_USERFAULTFD, unix.O_CLOEXEC|unix.O_NONBLOCK|uffdUserModeOnly)
 	if err != nil {
 		return nil, -1, err
 	}
-	closeInTask := func(fd uint64) { _, _ = lead.syscall(unix.SYS_CLOSE, fd) }
 	pidfd, err := unix.PidfdOpen(t.pid, 0)
 	if err != nil {
 		closeInTask(tfd)
@@ -728,15 +728,7 @@ func registerTracker(t *dtask, ranges [][2]uint64, nofile uint64) (*image.Tracke
 	if _, err := unix.FcntlInt(uintptr(ufd), unix.F_SETFL, trackerMark); err != nil {
 		return fail(fmt.Errorf("mark the tracker: %w", err))
 	}
-	var armed [][2]uint64
-	for _, r := range ranges {
-		reg := [4]uint64{r[0], r[1] - r[0], uffdRegisterModeWP, 0}
-		if err := uffdIoctl(ufd, uffdioRegister, unsafe.Pointer(&reg)); err != nil {
-			logrus.WithError(err).WithFields(logrus.Fields{"pid": t.nspid, "start": r[0], "end": r[1]}).Debug("register mapping for dirty tracking")
-			continue
-		}
-		armed = append(armed, r)
-	}
+	armed := registerRanges(t, ufd, ranges)
 	if len(armed) == 0 {
 		return fail(errors.New("no mapping could be registered"))
 	}
@@ -751,6 +743,22 @@ func registerTracker(t *dtask, ranges [][2]uint64, nofile uint64) (*image.Tracke
 		return nil, -1, err
 	}
 	return &image.Tracker{Pid: t.nspid, HostPid: t.pid, StartTime: start, Fd: high, Ino: st.Ino, Ranges: armed}, ufd, nil
+}
+
+// registerRanges registers ranges of t with the tracker ufd in
+// write-protect mode and returns those it could register (a range the
+// kernel refuses, a VM_PFNMAP one say, is left out).
+func registerRanges(t *dtask, ufd int, ranges [][2]uint64) [][2]uint64 {
+	var armed [][2]uint64
+	for _, r := range ranges {
+		reg := [4]uint64{r[0], r[1] - r[0], uffdRegisterModeWP, 0}
+		if err := uffdIoctl(ufd, uffdioRegister, unsafe.Pointer(&reg)); err != nil {
+			logrus.WithError(err).WithFields(logrus.Fields{"pid": t.nspid, "start": r[0], "end": r[1]}).Debug("register mapping for dirty tracking")
+			continue
+		}
+		armed = append(armed, r)
+	}
+	return armed
 }
 
 func uffdIoctl(fd int, req uintptr, arg unsafe.Pointer) error {

@@ -81,7 +81,10 @@ func (t *tracee) syscall(nr int, args ...uint64) (uint64, error) {
 		return 0, err
 	}
 	if out.Rip != t.gadget+2 {
-		return 0, fmt.Errorf("syscall %d in %d: stopped at %#x, want %#x", nr, t.tid, out.Rip, t.gadget+2)
+		// The call may or may not have run: the thread gets its saved
+		// registers back, the caller decides.
+		_ = ptrace.SetRegs(t.tid, &t.regs)
+		return 0, fmt.Errorf("syscall %d in %d: stopped at %#x, want %#x (rax %#x, rcx %#x, eflags %#x)", nr, t.tid, out.Rip, t.gadget+2, out.Rax, out.Rcx, out.Eflags)
 	}
 	if err := errnoOf(out.Rax); err != nil {
 		return out.Rax, err

@@ -33,7 +33,6 @@ import (
 	"sort"
 	"strconv"
 	"time"
-	"unsafe"
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
@@ -260,15 +259,7 @@ func reuseTracker(t *dtask, fd int, ino uint64, ranges [][2]uint64) (*image.Trac
 	if err != nil {
 		return nil, -1, fmt.Errorf("pidfd_getfd: %w", err)
 	}
-	var armed [][2]uint64
-	for _, r := range ranges {
-		reg := [4]uint64{r[0], r[1] - r[0], uffdRegisterModeWP, 0}
-		if err := uffdIoctl(ufd, uffdioRegister, unsafe.Pointer(&reg)); err != nil {
-			logrus.WithError(err).WithFields(logrus.Fields{"pid": t.nspid, "start": r[0], "end": r[1]}).Debug("register mapping for dirty tracking")
-			continue
-		}
-		armed = append(armed, r)
-	}
+	armed := registerRanges(t, ufd, ranges)
 	if len(armed) == 0 {
 		unix.Close(ufd)
 		return nil, -1, nil

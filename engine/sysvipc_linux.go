@@ -139,6 +139,31 @@ func ipcCall(nr uintptr, a ...uintptr) (uintptr, error) {
 	return r, nil
 }
 
+// ipcCallPtr is ipcCall with argument at (1 to 3) the Go memory p, which
+// stays an unsafe.Pointer until the system call itself (a uintptr made
+// earlier may point to where a goroutine stack was before it grew: see
+// ptrace.ptracePtr); a are the other arguments in order, without it.
+func ipcCallPtr(nr uintptr, at int, p unsafe.Pointer, a ...uintptr) (uintptr, error) {
+	var v [5]uintptr
+	copy(v[:], a)
+	var r uintptr
+	var e unix.Errno
+	switch at {
+	case 1:
+		r, _, e = unix.Syscall6(nr, v[0], uintptr(p), v[1], v[2], v[3], v[4])
+	case 2:
+		r, _, e = unix.Syscall6(nr, v[0], v[1], uintptr(p), v[2], v[3], v[4])
+	case 3:
+		r, _, e = unix.Syscall6(nr, v[0], v[1], v[2], uintptr(p), v[3], v[4])
+	default:
+		return 0, fmt.Errorf("ipc call %d: pointer argument %d", nr, at)
+	}
+	if e != 0 {
+		return r, e
+	}
+	return r, nil
+}
+
 // dumpSysvIPC saves the objects of the tree's IPC namespace (d.ownIPC).
 func (d *dumper) dumpSysvIPC() error {
 	if !d.ownIPC {
@@ -197,7 +222,7 @@ func (d *dumper) dumpSysvIPC() error {
 				return fmt.Errorf("/proc/sysvipc/sem: row %q: bad nsems", row)
 			}
 			s := image.SysvSem{IPCPerm: p, Values: make([]uint16, n)}
-			if _, err := ipcCall(unix.SYS_SEMCTL, uintptr(p.ID), 0, semGetall, uintptr(unsafe.Pointer(&s.Values[0]))); err != nil {
+			if _, err := ipcCallPtr(unix.SYS_SEMCTL, 3, unsafe.Pointer(&s.Values[0]), uintptr(p.ID), 0, semGetall); err != nil {
 				return fmt.Errorf("System V semaphore set %d: GETALL: %w", p.ID, err)
 			}
 			rec.Sem = append(rec.Sem, s)
@@ -273,13 +298,13 @@ const (
 // dumpMsq reads the messages of a queue without taking them (MSG_COPY).
 func dumpMsq(q *image.SysvMsq) error {
 	ds := make([]byte, ipcDsSize)
-	if _, err := ipcCall(unix.SYS_MSGCTL, uintptr(q.ID), ipcStat, uintptr(unsafe.Pointer(&ds[0]))); err != nil {
+	if _, err := ipcCallPtr(unix.SYS_MSGCTL, 2, unsafe.Pointer(&ds[0]), uintptr(q.ID), ipcStat); err != nil {
 		return fmt.Errorf("IPC_STAT: %w", err)
 	}
 	q.QBytes = binary.LittleEndian.Uint64(ds[msqQbytesOff:])
 	buf := make([]byte, 8+max(q.QBytes, 1<<16))
 	for i := 0; ; i++ {
-		n, err := ipcCall(unix.SYS_MSGRCV, uintptr(q.ID), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)-8), uintptr(i), ipcNowait|msgCopy|msgNoerr)
+		n, err := ipcCallPtr(unix.SYS_MSGRCV, 1, unsafe.Pointer(&buf[0]), uintptr(q.ID), uintptr(len(buf)-8), uintptr(i), ipcNowait|msgCopy|msgNoerr)
 		if errors.Is(err, unix.ENOMSG) {
 			return nil
 		}
@@ -343,13 +368,13 @@ func checkID(got uintptr, want int) error {
 // IPC_STAT; edit may change more fields before IPC_SET).
 func setPerm(nr uintptr, id int, p image.IPCPerm, edit func(ds []byte)) error {
 	ds := make([]byte, ipcDsSize)
-	args := func(cmd uintptr) []uintptr {
+	call := func(cmd uintptr) (uintptr, error) {
 		if nr == unix.SYS_SEMCTL {
-			return []uintptr{uintptr(id), 0, cmd, uintptr(unsafe.Pointer(&ds[0]))}
+			return ipcCallPtr(nr, 3, unsafe.Pointer(&ds[0]), uintptr(id), 0, cmd)
 		}
-		return []uintptr{uintptr(id), cmd, uintptr(unsafe.Pointer(&ds[0]))}
+		return ipcCallPtr(nr, 2, unsafe.Pointer(&ds[0]), uintptr(id), cmd)
 	}
-	if _, err := ipcCall(nr, args(ipcStat)...); err != nil {
+	if _, err := call(ipcStat); err != nil {
 		return fmt.Errorf("IPC_STAT: %w", err)
 	}
 	le := binary.LittleEndian
@@ -359,7 +384,7 @@ func setPerm(nr uintptr, id int, p image.IPCPerm, edit func(ds []byte)) error {
 	if edit != nil {
 		edit(ds)
 	}
-	if _, err := ipcCall(nr, args(ipcSet)...); err != nil {
+	if _, err := call(ipcSet); err != nil {
 		return fmt.Errorf("IPC_SET owner %d:%d mode %#o: %w", p.Uid, p.Gid, p.Mode&0o777, err)
 	}
 	return nil
@@ -424,7 +449,7 @@ func createMsq(q *image.SysvMsq) error {
 		buf := make([]byte, 8+len(m.Data))
 		binary.LittleEndian.PutUint64(buf, uint64(m.Type))
 		copy(buf[8:], m.Data)
-		if _, err := ipcCall(unix.SYS_MSGSND, uintptr(q.ID), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(m.Data)), ipcNowait); err != nil {
+		if _, err := ipcCallPtr(unix.SYS_MSGSND, 1, unsafe.Pointer(&buf[0]), uintptr(q.ID), uintptr(len(m.Data)), ipcNowait); err != nil {
 			return fmt.Errorf("msgsnd of message %d (%d bytes): %w", i, len(m.Data), err)
 		}
 	}
@@ -442,7 +467,7 @@ func createSem(s *image.SysvSem) error {
 	if err := checkID(id, s.ID); err != nil {
 		return err
 	}
-	if _, err := ipcCall(unix.SYS_SEMCTL, uintptr(s.ID), 0, semSetall, uintptr(unsafe.Pointer(&s.Values[0]))); err != nil {
+	if _, err := ipcCallPtr(unix.SYS_SEMCTL, 3, unsafe.Pointer(&s.Values[0]), uintptr(s.ID), 0, semSetall); err != nil {
 		return fmt.Errorf("SETALL: %w", err)
 	}
 	return setPerm(unix.SYS_SEMCTL, s.ID, s.IPCPerm, nil)

@@ -171,16 +171,7 @@ func TestCheckpointLeaveRunning(t *testing.T) {
 				t.Fatalf("status after --leave-running checkpoint: %v, %v", st, err)
 			}
 			assertUntraced(t, c)
-			ck, err := oci.OpenCheckpoint(image)
-			if err != nil {
-				t.Fatal(err)
-			}
-			pre := false
-			for _, l := range ck.Manifest.Layers {
-				pre = pre || strings.HasSuffix(l.Annotations[oci.AnnotationPath], "-pre.img")
-			}
-			ck.Close()
-			if pre == noPreCopy {
+			if pre := hasPreCopiedPages(t, image); pre == noPreCopy {
 				t.Errorf("pre-copied pages in the image: %v, want %v", pre, !noPreCopy)
 			}
 
@@ -223,16 +214,7 @@ func TestCheckpointPreCopyKill(t *testing.T) {
 		t.Fatalf("container after checkpoint: got %v, want ErrNotExist", err)
 	}
 	saved, _ := readCounter(t, rootfs)
-	ck, err := oci.OpenCheckpoint(image)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pre := false
-	for _, l := range ck.Manifest.Layers {
-		pre = pre || strings.HasSuffix(l.Annotations[oci.AnnotationPath], "-pre.img")
-	}
-	ck.Close()
-	if !pre {
+	if !hasPreCopiedPages(t, image) {
 		t.Errorf("no pre-copied pages in the image")
 	}
 	c2, err := r.Restore(ctx, id, RestoreOpts{CreateOpts: CreateOpts{Bundle: bundle}, ImagePath: image})
@@ -244,6 +226,22 @@ func TestCheckpointPreCopyKill(t *testing.T) {
 	if next.n != saved.n+1 {
 		t.Errorf("restored counter %d, want %d (just after the checkpoint's %d)", next.n, saved.n+1, saved.n)
 	}
+}
+
+// hasPreCopiedPages says whether the image has pages layers of a pre-copy.
+func hasPreCopiedPages(t *testing.T, image string) bool {
+	t.Helper()
+	ck, err := oci.OpenCheckpoint(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ck.Close()
+	for _, l := range ck.Manifest.Layers {
+		if strings.HasSuffix(l.Annotations[oci.AnnotationPath], "-pre.img") {
+			return true
+		}
+	}
+	return false
 }
 
 func assertUntraced(t *testing.T, c *Container) {

@@ -42,6 +42,19 @@ func ptrace(req int, pid int, addr, data uintptr) error {
 	return nil
 }
 
+// ptracePtr is ptrace with data a pointer to Go memory. It must stay an
+// unsafe.Pointer until the system call itself: converted to a uintptr any
+// earlier, the object it points to may move with its goroutine's stack (a
+// stack grows by being copied) before the kernel reads or writes it, and
+// the kernel then uses the old copy (registers read back as zeros).
+func ptracePtr(req int, pid int, addr uintptr, data unsafe.Pointer) error {
+	_, _, e := unix.RawSyscall6(unix.SYS_PTRACE, uintptr(req), uintptr(pid), addr, uintptr(data), 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
 // Seize attaches to pid with PTRACE_SEIZE and the given options (PTRACE_O_*).
 func Seize(pid int, opts int) error {
 	if err := ptrace(unix.PTRACE_SEIZE, pid, 0, uintptr(opts)); err != nil {
@@ -103,7 +116,7 @@ func Event(ws unix.WaitStatus) int { return int(ws>>16) & 0xff }
 func getRegset(pid int, nt uintptr, buf []byte) (int, error) {
 	iov := unix.Iovec{Base: &buf[0]}
 	iov.SetLen(len(buf))
-	if err := ptrace(unix.PTRACE_GETREGSET, pid, nt, uintptr(unsafe.Pointer(&iov))); err != nil {
+	if err := ptracePtr(unix.PTRACE_GETREGSET, pid, nt, unsafe.Pointer(&iov)); err != nil {
 		return 0, err
 	}
 	return int(iov.Len), nil
@@ -112,7 +125,7 @@ func getRegset(pid int, nt uintptr, buf []byte) (int, error) {
 func setRegset(pid int, nt uintptr, buf []byte) error {
 	iov := unix.Iovec{Base: &buf[0]}
 	iov.SetLen(len(buf))
-	return ptrace(unix.PTRACE_SETREGSET, pid, nt, uintptr(unsafe.Pointer(&iov)))
+	return ptracePtr(unix.PTRACE_SETREGSET, pid, nt, unsafe.Pointer(&iov))
 }
 
 // GetRegs reads the general registers (GETREGSET NT_PRSTATUS).
@@ -177,7 +190,7 @@ func SetXState(pid int, x []byte) error {
 // GetSigmask reads the blocked-signal mask of pid.
 func GetSigmask(pid int) (uint64, error) {
 	var m uint64
-	if err := ptrace(reqGetSigmask, pid, 8, uintptr(unsafe.Pointer(&m))); err != nil {
+	if err := ptracePtr(reqGetSigmask, pid, 8, unsafe.Pointer(&m)); err != nil {
 		return 0, fmt.Errorf("get sigmask of %d: %w", pid, err)
 	}
 	return m, nil
@@ -185,7 +198,7 @@ func GetSigmask(pid int) (uint64, error) {
 
 // SetSigmask sets the blocked-signal mask of pid.
 func SetSigmask(pid int, m uint64) error {
-	if err := ptrace(reqSetSigmask, pid, 8, uintptr(unsafe.Pointer(&m))); err != nil {
+	if err := ptracePtr(reqSetSigmask, pid, 8, unsafe.Pointer(&m)); err != nil {
 		return fmt.Errorf("set sigmask of %d: %w", pid, err)
 	}
 	return nil
@@ -194,7 +207,7 @@ func SetSigmask(pid int, m uint64) error {
 // GetEventMsg returns PTRACE_GETEVENTMSG (the new TID after a clone event).
 func GetEventMsg(pid int) (uint64, error) {
 	var m uint64
-	if err := ptrace(unix.PTRACE_GETEVENTMSG, pid, 0, uintptr(unsafe.Pointer(&m))); err != nil {
+	if err := ptracePtr(unix.PTRACE_GETEVENTMSG, pid, 0, unsafe.Pointer(&m)); err != nil {
 		return 0, fmt.Errorf("get event message of %d: %w", pid, err)
 	}
 	return m, nil
@@ -212,7 +225,7 @@ type RseqConfig struct {
 // GetRseq returns the rseq registration of pid (Addr 0 when none).
 func GetRseq(pid int) (RseqConfig, error) {
 	var c RseqConfig
-	if err := ptrace(reqGetRseqConfig, pid, unsafe.Sizeof(c), uintptr(unsafe.Pointer(&c))); err != nil {
+	if err := ptracePtr(reqGetRseqConfig, pid, unsafe.Sizeof(c), unsafe.Pointer(&c)); err != nil {
 		return c, fmt.Errorf("get rseq configuration of %d: %w", pid, err)
 	}
 	return c, nil
@@ -252,7 +265,7 @@ func PeekSiginfo(pid int, shared bool) ([][]byte, error) {
 // signal-delivery stop.
 func GetSiginfo(pid int) ([]byte, error) {
 	buf := make([]byte, 128)
-	if err := ptrace(unix.PTRACE_GETSIGINFO, pid, 0, uintptr(unsafe.Pointer(&buf[0]))); err != nil {
+	if err := ptracePtr(unix.PTRACE_GETSIGINFO, pid, 0, unsafe.Pointer(&buf[0])); err != nil {
 		return nil, fmt.Errorf("get siginfo of %d: %w", pid, err)
 	}
 	return buf, nil

@@ -95,6 +95,9 @@ func (p *pagePool) release() {
 	p.free = make(chan *pageBatch, copyBuffers)
 }
 
+// hugePageSize is the size of a PMD mapping on x86-64.
+const hugePageSize = 2 << 20
+
 // pagesPartSize bounds each file of a task's page data (image.Mm.PagesParts):
 // the packer and the verifier hash several files at once, one per core,
 // where sha256 over one big file runs on one core only.
@@ -406,12 +409,20 @@ func mapPages(dir string, d image.PagesData, populate bool) (data []byte, unmap 
 	if d.Size == 0 || len(d.Files) == 0 || d.PartSize == 0 || uint64(len(d.Files)-1)*d.PartSize >= d.Size {
 		return nil, nil, fmt.Errorf("page data of %d bytes in %d files of %d bytes", d.Size, len(d.Files), d.PartSize)
 	}
-	// Reserve the whole range, then map each part over its place in it.
-	res, err := unix.Mmap(-1, 0, int(d.Size), unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	// Reserve the whole range, then map each part over its place in it. The
+	// range starts on a huge page boundary (parts are multiples of it):
+	// page cache held in 2 MiB folios (what big sequential writes make) is
+	// then mapped with PMD entries, which makes copying out of it twice as
+	// fast here (a paravirtual guest with shadow paging pays a hypervisor
+	// exit for every 4 KiB page the kernel first touches through a user
+	// mapping, but one for a whole 2 MiB one, KERNEL.md).
+	whole, err := unix.Mmap(-1, 0, int(d.Size)+hugePageSize, unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
 	if err != nil {
 		return nil, nil, fmt.Errorf("reserve %d bytes for the pages: %w", d.Size, err)
 	}
-	unmap = func() { _ = unix.Munmap(res) }
+	unmap = func() { _ = unix.Munmap(whole) }
+	skip := (hugePageSize - int(uintptr(unsafe.Pointer(&whole[0]))%hugePageSize)) % hugePageSize
+	res := whole[skip : skip+int(d.Size) : skip+int(d.Size)]
 	for k, name := range d.Files {
 		if filepath.Base(name) != name && !image.ValidParentPagesName(name) || name == "." || name == ".." {
 			unmap()

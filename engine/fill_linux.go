@@ -154,7 +154,7 @@ func (r *restorer) writePages(rt *rtask) error {
 	mm := rt.rec.Mm
 	// The task's own page data and, for an incremental image, the parents'
 	// (every generation's parts mapped contiguously, pages_linux.go).
-	files, release, err := mapPagesChain(r.opts.ImageDir, mm)
+	files, release, err := mapPagesChain(r.opts.ImageDir, r.opts.PagesFiles, mm)
 	if err != nil {
 		return err
 	}

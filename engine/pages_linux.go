@@ -406,6 +406,12 @@ func (w *pageWriter) release() {
 // populate; unmap releases it. Names are relative to dir: plain names (the
 // image's own) or ones under parent/ (image.ValidParentPagesName).
 func mapPages(dir string, d image.PagesData, populate bool) (data []byte, unmap func(), err error) {
+	return mapPagesFrom(dir, nil, d, populate)
+}
+
+// mapPagesFrom is mapPages, taking the files that open holds (by name) from
+// there instead of opening them in dir.
+func mapPagesFrom(dir string, open map[string]*os.File, d image.PagesData, populate bool) (data []byte, unmap func(), err error) {
 	if d.Size == 0 || len(d.Files) == 0 || d.PartSize == 0 || uint64(len(d.Files)-1)*d.PartSize >= d.Size {
 		return nil, nil, fmt.Errorf("page data of %d bytes in %d files of %d bytes", d.Size, len(d.Files), d.PartSize)
 	}
@@ -433,7 +439,7 @@ func mapPages(dir string, d image.PagesData, populate bool) (data []byte, unmap 
 			unmap()
 			return nil, nil, fmt.Errorf("pages file %s: no data for it", name)
 		}
-		if err := mapPart(filepath.Join(dir, name), &res[uint64(k)*d.PartSize], n, populate); err != nil {
+		if err := mapPart(filepath.Join(dir, name), open[name], &res[uint64(k)*d.PartSize], n, populate); err != nil {
 			unmap()
 			return nil, nil, err
 		}
@@ -441,14 +447,16 @@ func mapPages(dir string, d image.PagesData, populate bool) (data []byte, unmap 
 	return res, unmap, nil
 }
 
-// mapPart maps the first n bytes of the file at path at addr (MAP_FIXED,
-// inside a reservation of the caller).
-func mapPart(path string, addr *byte, n uint64, populate bool) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
+// mapPart maps the first n bytes of the file at path (or f, already open)
+// at addr (MAP_FIXED, inside a reservation of the caller).
+func mapPart(path string, f *os.File, addr *byte, n uint64, populate bool) error {
+	if f == nil {
+		var err error
+		if f, err = os.Open(path); err != nil {
+			return err
+		}
+		defer f.Close()
 	}
-	defer f.Close()
 	if fi, err := f.Stat(); err != nil || uint64(fi.Size()) < n {
 		return fmt.Errorf("pages file %s is shorter than %d bytes", path, n)
 	}
@@ -464,11 +472,12 @@ func mapPart(path string, addr *byte, n uint64, populate bool) error {
 	return nil
 }
 
-// mapPagesChain maps the page data that the runs of mm refer to: index 0 is
+// mapPagesChain maps the page data that the runs of mm refer to (files
+// open holds are taken from there, the others opened in dir): index 0 is
 // the task's own (PagesFile and its parts), i the data of an earlier
 // generation, mm.ParentPages[i-1] (each one contiguous, whatever its parts).
 // Nil when there are no pages.
-func mapPagesChain(dir string, mm *image.Mm) ([][]byte, func(), error) {
+func mapPagesChain(dir string, open map[string]*os.File, mm *image.Mm) ([][]byte, func(), error) {
 	files := make([][]byte, len(mm.ParentPages)+1)
 	var unmaps []func()
 	release := func() {
@@ -481,7 +490,7 @@ func mapPagesChain(dir string, mm *image.Mm) ([][]byte, func(), error) {
 		if d.Size == 0 {
 			continue
 		}
-		b, unmap, err := mapPages(dir, d, true)
+		b, unmap, err := mapPagesFrom(dir, open, d, true)
 		if err != nil {
 			release()
 			return nil, nil, err

@@ -460,14 +460,20 @@ func mapPart(path string, f *os.File, addr *byte, n uint64, populate bool) error
 	if fi, err := f.Stat(); err != nil || uint64(fi.Size()) < n {
 		return fmt.Errorf("pages file %s is shorter than %d bytes", path, n)
 	}
-	flags := unix.MAP_PRIVATE | unix.MAP_FIXED
-	if populate {
-		flags |= unix.MAP_POPULATE
-	}
 	_, _, e := unix.Syscall6(unix.SYS_MMAP, uintptr(unsafe.Pointer(addr)), uintptr(n), unix.PROT_READ,
-		uintptr(flags), f.Fd(), 0)
+		uintptr(unix.MAP_PRIVATE|unix.MAP_FIXED), f.Fd(), 0)
 	if e != 0 {
 		return fmt.Errorf("map %s: %w", path, e)
+	}
+	if populate {
+		// MADV_HUGEPAGE first: what is not in the page cache yet is read
+		// in 2 MiB folios, which the populate then maps with PMD entries
+		// (mapPages). Both are only hints: the copy faults in the rest.
+		mem := unsafe.Slice(addr, n)
+		_ = unix.Madvise(mem, unix.MADV_HUGEPAGE)
+		if err := unix.Madvise(mem, unix.MADV_POPULATE_READ); err != nil {
+			_ = unix.Madvise(mem, unix.MADV_WILLNEED)
+		}
 	}
 	return nil
 }

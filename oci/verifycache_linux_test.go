@@ -3,6 +3,7 @@ package oci
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -280,15 +281,23 @@ func TestVerifyCacheNotRecordedForOthers(t *testing.T) {
 }
 
 func TestWriteMovePages(t *testing.T) {
+	for _, trusted := range []bool{true, false} {
+		t.Run(fmt.Sprintf("digest given %v", trusted), func(t *testing.T) { testWriteMovePages(t, trusted) })
+	}
+}
+
+func testWriteMovePages(t *testing.T, trusted bool) {
 	testutil.RequiresRoot(t)
 	data := randBytes(9, 64<<10)
 	engine := makeEngineDir(t, engineFiles{"inventory.img": []byte("inv"), "pages-1.img": data})
 	d := digest.FromBytes(data)
 	dir := filepath.Join(t.TempDir(), "image")
 	cache := NewVerifyCache(filepath.Join(t.TempDir(), "verified"))
-	if _, err := WriteCheckpoint(dir, engine, testConfig("move"), WriteOptions{
-		Cache: cache, MovePages: true, Digests: map[string]digest.Digest{"pages-1.img": d},
-	}); err != nil {
+	wo := WriteOptions{Cache: cache, MovePages: true}
+	if trusted {
+		wo.Digests = map[string]digest.Digest{"pages-1.img": d}
+	}
+	if _, err := WriteCheckpoint(dir, engine, testConfig("move"), wo); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(engine, "pages-1.img")); !errors.Is(err, os.ErrNotExist) {

@@ -53,10 +53,10 @@ type WriteOptions struct {
 	// Owner, when set, is given the image's files and directories (like a
 	// statefile belongs to whoever checkpointed).
 	Owner *Owner
-	// MovePages moves the pages files that Digests names into the layout
-	// (rename) instead of hardlinking them: the engine directory loses
-	// them, and the caller's removal of it later leaves the blobs' inodes
-	// alone (an unlink changes the ctime a VerifyCache entry holds).
+	// MovePages moves the engine's pages files into the layout (rename)
+	// instead of hardlinking them: the engine directory loses them, and
+	// the caller's removal of it later leaves the blobs' inodes alone (an
+	// unlink changes the ctime a VerifyCache entry holds).
 	MovePages bool
 	// Cache, when set (and the caller is root), records every layer blob
 	// written, once complete, as verified (see VerifyCache): the digests
@@ -347,8 +347,7 @@ func layerJobs(w *blobWriter, engineDir string, pages, state []engineEntry, pare
 				size:  p.size,
 				layer: true,
 				run: func(buf []byte, stop *atomic.Bool) (digest.Digest, int64, error) {
-					trusted := opts.Digests[p.rel] != ""
-					return w.importFile(src, ocispec.Descriptor{Size: p.size, Digest: opts.Digests[p.rel]}, buf, stop, trusted, trusted && opts.MovePages)
+					return w.importFile(src, ocispec.Descriptor{Size: p.size, Digest: opts.Digests[p.rel]}, buf, stop, opts.Digests[p.rel] != "", opts.MovePages)
 				},
 			})
 			continue

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -148,8 +150,71 @@ func (f *pageFill) write(b *fillBatch) error {
 	return nil
 }
 
-// writePages copies the page data of rt into it: the pages files are
-// mapped into the engine (mapPagesChain) and copied by a pageFill.
+// fillQueue runs the page fills of a restore one after the other, on a
+// goroutine of their own, while the ptrace thread goes on with the next
+// tasks (their mappings, then everyone's files). Nothing before
+// wait touches the tasks' restored memory: the injected calls pass their
+// arguments in the gadget's scratch pages, which no fill writes.
+type fillQueue struct {
+	jobs chan fillJob
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	err  error
+}
+
+type fillJob struct {
+	run     func() error
+	release func()
+}
+
+// add queues a fill; release runs after it (or instead, after a failure).
+func (q *fillQueue) add(run func() error, release func()) {
+	if q.jobs == nil {
+		q.jobs = make(chan fillJob, 64)
+		go q.loop(q.jobs)
+	}
+	q.wg.Add(1)
+	q.jobs <- fillJob{run, release}
+}
+
+func (q *fillQueue) loop(jobs <-chan fillJob) {
+	for j := range jobs {
+		if q.failed() == nil {
+			if err := j.run(); err != nil {
+				q.mu.Lock()
+				q.err = err
+				q.mu.Unlock()
+			}
+		}
+		j.release()
+		q.wg.Done()
+	}
+}
+
+func (q *fillQueue) failed() error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.err
+}
+
+// wait waits for every queued fill and returns the first error.
+func (q *fillQueue) wait() error {
+	q.wg.Wait()
+	return q.failed()
+}
+
+// stop waits for the fills and ends the goroutine.
+func (q *fillQueue) stop() {
+	q.wg.Wait()
+	if q.jobs != nil {
+		close(q.jobs)
+		q.jobs = nil
+	}
+}
+
+// writePages queues the copy of the page data of rt into it (r.fills): the
+// pages files are mapped into the engine (mapPagesChain) here, and copied
+// by a pageFill on the fill goroutine.
 func (r *restorer) writePages(rt *rtask) error {
 	mm := rt.rec.Mm
 	// The task's own page data and, for an incremental image, the parents'
@@ -158,12 +223,13 @@ func (r *restorer) writePages(rt *rtask) error {
 	if err != nil {
 		return err
 	}
-	defer release()
 	if files == nil {
+		release()
 		return nil
 	}
 	t := rt.lead()
 	if err := t.openMem(); err != nil {
+		release()
 		return err
 	}
 	f := &pageFill{pid: rt.hostPid, mem: t.mem}
@@ -173,5 +239,21 @@ func (r *restorer) writePages(rt *rtask) error {
 			f.add(files[p.File][p.Off:p.Off+p.Len], p.Addr, writable)
 		}
 	}
-	return f.run()
+	r.fills.add(func() error {
+		if err := f.run(); err != nil {
+			return fmt.Errorf("pid %d: memory: %w", rt.rec.Pid, err)
+		}
+		return nil
+	}, release)
+	return nil
+}
+
+// openImageFile opens a file of the image by its name relative to
+// ImageDir: from RestoreOptions.PagesFiles when it is there (a new open
+// file description of the very file, with its own offset), else in ImageDir.
+func (r *restorer) openImageFile(name string) (*os.File, error) {
+	if f, ok := r.opts.PagesFiles[name]; ok {
+		return os.Open("/proc/self/fd/" + strconv.Itoa(int(f.Fd())))
+	}
+	return os.Open(filepath.Join(r.opts.ImageDir, name))
 }

@@ -76,6 +76,8 @@ type restorer struct {
 	sysv *image.SysVIPC
 	// stdio is the helper holding RestoreOptions.Stdio, started when needed.
 	stdio *stdioHelper
+	// fills copies the page data into the tasks (fill_linux.go).
+	fills fillQueue
 }
 
 type pipeEnd struct {
@@ -131,7 +133,9 @@ func Restore(ctx context.Context, opts RestoreOptions) (*RestoreResult, error) {
 			r.stdio.stop()
 		}
 	}()
+	defer r.fills.stop()
 	if err := r.run(ctx); err != nil {
+		r.fills.stop()
 		r.killAll()
 		return nil, fmt.Errorf("restore from %s: %w", opts.ImageDir, err)
 	}
@@ -207,6 +211,9 @@ func (r *restorer) run(ctx context.Context) error {
 			return fmt.Errorf("pid %d: memory: %w", rt.rec.Pid, err)
 		}
 	}
+	// The page fills (fillQueue) overlap what follows, up to the seals: a
+	// sealed memfd takes no more writes, and from there on the kernel
+	// writes into the tasks' memory (rseq, clear_child_tid, threads' TLS).
 	if err := r.destroySysvShm(); err != nil {
 		return err
 	}
@@ -225,6 +232,9 @@ func (r *restorer) run(ctx context.Context) error {
 		return err
 	}
 	if err := r.registerEpolls(); err != nil {
+		return err
+	}
+	if err := r.fills.wait(); err != nil {
 		return err
 	}
 	if err := r.sealShmems(); err != nil {

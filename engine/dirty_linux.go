@@ -91,6 +91,8 @@ type dirtyState struct {
 	unmaps []func()
 	// armed are the trackers armed after this dump.
 	armed []image.Tracker
+	// pre, after a pre-copy, stands for the parent (precopy_linux.go).
+	pre   *preCopied
 	stats incrStats
 }
 
@@ -244,6 +246,9 @@ func startTime(pid int) (uint64, error) {
 // prepareTask loads the parent's record of t and checks its tracker; it
 // returns nil when t has no parent record (a new task: dumped in full).
 func (s *dirtyState) prepareTask(t *dtask) (*dirtyTask, error) {
+	if s.pre != nil {
+		return s.preparePreCopied(t), nil
+	}
 	if s.parentInv == nil {
 		return nil, nil
 	}
@@ -570,8 +575,20 @@ func (d *dumper) finishMm(t *dtask, mm *image.Mm) error {
 // left without tracking: the next incremental dump compares its pages.
 func (d *dumper) armTrackers() {
 	s := d.dirty
+	// After a pre-copy, the tracker armed before the copy stays: what it
+	// reports unwritten is still what this image holds (its pre-copied
+	// pages), and keeping it spares the tree two walks of its page tables
+	// (unregistering, protecting) while it is stopped. The next dump copies
+	// the pages written since the pre-copy, a few more than since this dump.
+	kept := map[*dtask]bool{}
 	for _, t := range d.tasks {
-		if t.zombie || len(t.threads) == 0 || t.threads[0].gadget == 0 {
+		if dt := s.tasks[t]; s.pre != nil && dt != nil && dt.tracked {
+			kept[t] = true
+			s.armed = append(s.armed, s.parentTrackers[t.nspid])
+		}
+	}
+	for _, t := range d.tasks {
+		if t.zombie || len(t.threads) == 0 || t.threads[0].gadget == 0 || kept[t] {
 			continue
 		}
 		for fd := range s.trackers[t.pid] {
@@ -581,7 +598,7 @@ func (d *dumper) armTrackers() {
 		}
 	}
 	for _, t := range d.tasks {
-		if t.zombie || len(t.threads) == 0 || t.threads[0].gadget == 0 || t.rec == nil || t.rec.Mm == nil {
+		if t.zombie || len(t.threads) == 0 || t.threads[0].gadget == 0 || t.rec == nil || t.rec.Mm == nil || kept[t] {
 			continue
 		}
 		tr, err := armTask(t)
@@ -614,24 +631,63 @@ func armTask(t *dtask) (*image.Tracker, error) {
 			ranges = append(ranges, [2]uint64{v.Start, v.End})
 		}
 	}
+	nofile := uint64(trackerFdMax)
+	for _, r := range t.rec.Rlimits {
+		if r.Resource == unix.RLIMIT_NOFILE {
+			nofile = r.Cur
+		}
+	}
+	return armTracker(t, ranges, nofile)
+}
+
+// armTracker arms a tracker on ranges in t (stopped, its leader's gadget
+// found), at the highest free fd below nofile (the task's RLIMIT_NOFILE).
+func armTracker(t *dtask, ranges [][2]uint64, nofile uint64) (*image.Tracker, error) {
+	tr, ufd, err := registerTracker(t, ranges, nofile)
+	if err != nil || tr == nil {
+		return nil, err
+	}
+	defer unix.Close(ufd)
+	if err := writeProtect(ufd, tr.Ranges); err != nil {
+		_, _ = t.threads[0].syscall(unix.SYS_CLOSE, uint64(tr.Fd))
+		return nil, err
+	}
+	return tr, nil
+}
+
+// writeProtect write-protects ranges through the engine's copy of a
+// tracker: from here on a write to them is WRITTEN in PAGEMAP_SCAN. It
+// walks the page tables (the costly part of arming) and does not need the
+// task stopped.
+func writeProtect(ufd int, ranges [][2]uint64) error {
+	for _, r := range ranges {
+		wp := [3]uint64{r[0], r[1] - r[0], uffdWriteprotectModeWP}
+		if err := uffdIoctl(ufd, uffdioWriteprotect, unsafe.Pointer(&wp)); err != nil {
+			return fmt.Errorf("UFFDIO_WRITEPROTECT %#x-%#x: %w", r[0], r[1], err)
+		}
+	}
+	return nil
+}
+
+// registerTracker creates a tracker in t (stopped, its leader's gadget
+// found) registered on ranges, at the highest free fd below nofile, and
+// returns it with the engine's copy of its fd (the caller closes it); the
+// ranges are not write-protected yet. It returns a nil tracker when there
+// is nothing to track.
+func registerTracker(t *dtask, ranges [][2]uint64, nofile uint64) (*image.Tracker, int, error) {
 	if len(ranges) == 0 {
-		return nil, nil
+		return nil, -1, nil
 	}
 	lead := t.threads[0]
 	start, err := startTime(t.pid)
 	if err != nil {
-		return nil, err
+		return nil, -1, err
 	}
 	// The highest free fd below the task's RLIMIT_NOFILE (and trackerFdMax).
-	limit := uint64(trackerFdMax)
-	for _, r := range t.rec.Rlimits {
-		if r.Resource == unix.RLIMIT_NOFILE {
-			limit = min(limit, r.Cur)
-		}
-	}
+	limit := min(uint64(trackerFdMax), nofile)
 	fds, err := listFds(t.pid)
 	if err != nil {
-		return nil, err
+		return nil, -1, err
 	}
 	used := map[int]bool{}
 	for _, fd := range fds {
@@ -642,28 +698,28 @@ func armTask(t *dtask) (*image.Tracker, error) {
 		high--
 	}
 	if high <= 2 {
-		return nil, errors.New("no free fd for the tracker")
+		return nil, -1, errors.New("no free fd for the tracker")
 	}
 	tfd, err := lead.sys("userfaultfd", unix.SYS_USERFAULTFD, unix.O_CLOEXEC|unix.O_NONBLOCK|uffdUserModeOnly)
 	if err != nil {
-		return nil, err
+		return nil, -1, err
 	}
 	closeInTask := func(fd uint64) { _, _ = lead.syscall(unix.SYS_CLOSE, fd) }
 	pidfd, err := unix.PidfdOpen(t.pid, 0)
 	if err != nil {
 		closeInTask(tfd)
-		return nil, fmt.Errorf("pidfd_open: %w", err)
+		return nil, -1, fmt.Errorf("pidfd_open: %w", err)
 	}
 	defer unix.Close(pidfd)
 	ufd, err := unix.PidfdGetfd(pidfd, int(tfd), 0)
 	if err != nil {
 		closeInTask(tfd)
-		return nil, fmt.Errorf("pidfd_getfd: %w", err)
+		return nil, -1, fmt.Errorf("pidfd_getfd: %w", err)
 	}
-	defer unix.Close(ufd)
-	fail := func(err error) (*image.Tracker, error) {
+	fail := func(err error) (*image.Tracker, int, error) {
 		closeInTask(tfd)
-		return nil, err
+		unix.Close(ufd)
+		return nil, -1, err
 	}
 	api := [3]uint64{uffdAPI, uffdFeatureWPAsync, 0}
 	if err := uffdIoctl(ufd, uffdioAPI, unsafe.Pointer(&api)); err != nil {
@@ -679,10 +735,6 @@ func armTask(t *dtask) (*image.Tracker, error) {
 			logrus.WithError(err).WithFields(logrus.Fields{"pid": t.nspid, "start": r[0], "end": r[1]}).Debug("register mapping for dirty tracking")
 			continue
 		}
-		wp := [3]uint64{r[0], r[1] - r[0], uffdWriteprotectModeWP}
-		if err := uffdIoctl(ufd, uffdioWriteprotect, unsafe.Pointer(&wp)); err != nil {
-			return fail(fmt.Errorf("UFFDIO_WRITEPROTECT %#x-%#x: %w", r[0], r[1], err))
-		}
 		armed = append(armed, r)
 	}
 	if len(armed) == 0 {
@@ -694,9 +746,11 @@ func armTask(t *dtask) (*image.Tracker, error) {
 	closeInTask(tfd)
 	var st unix.Stat_t
 	if err := unix.Fstat(ufd, &st); err != nil {
-		return nil, err
+		closeInTask(uint64(high))
+		unix.Close(ufd)
+		return nil, -1, err
 	}
-	return &image.Tracker{Pid: t.nspid, HostPid: t.pid, StartTime: start, Fd: high, Ino: st.Ino, Ranges: armed}, nil
+	return &image.Tracker{Pid: t.nspid, HostPid: t.pid, StartTime: start, Fd: high, Ino: st.Ino, Ranges: armed}, ufd, nil
 }
 
 func uffdIoctl(fd int, req uintptr, arg unsafe.Pointer) error {

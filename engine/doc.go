@@ -114,6 +114,12 @@
 // offset in the concatenation of those files; a restore maps each
 // generation's parts contiguously, as it maps the image's own.
 //
+// A PreCopy dump (precopy_linux.go) uses the same machinery inside one
+// image: the tracker is registered in a brief stop, the memory protected
+// and copied while the tree runs (into PreCopyPagesFile files, generation
+// 0: plain names), and the dump that stops the tree refers to the copy
+// for every page the tracker reports unwritten.
+//
 // # Processes the engine must not be mixed with
 //
 // The engine waits for its tracees with wait4(tid, __WALL). A thread of the

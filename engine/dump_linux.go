@@ -71,6 +71,9 @@ func Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) {
 	if opts.Pid <= 0 || opts.ImageDir == "" {
 		return nil, fmt.Errorf("%w: dump needs a pid and an image directory", ErrInvalidOptions)
 	}
+	if opts.PreCopy && opts.Parent != "" {
+		return nil, fmt.Errorf("%w: a pre-copy dump cannot have a parent", ErrInvalidOptions)
+	}
 	if err := os.MkdirAll(opts.ImageDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create image directory: %w", err)
 	}
@@ -93,6 +96,19 @@ func Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) {
 	// The copy buffers, shared by every task and every attempt.
 	pages := newPagePool()
 	defer pages.release()
+	var pre *preCopied
+	var preStopped time.Duration
+	var stopStart time.Time
+	if opts.PreCopy {
+		if pre, preStopped, err = preCopy(ctx, opts, pages); err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("dump of pid %d: pre-copy: %w", opts.Pid, err)
+			}
+			logrus.WithError(err).WithField("pid", opts.Pid).Warn("pre-copy failed: the tree stays stopped for the whole dump")
+		} else {
+			dirty.usePreCopy(opts.ImageDir, pre)
+		}
+	}
 	// A process caught between vfork and exec cannot stop until its child
 	// execs: let the tree run a moment and start again.
 	for attempt := 0; ; attempt++ {
@@ -101,6 +117,7 @@ func Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) {
 		d.files.fileLocks = opts.FileLocks
 		d.files.stdioIDs = opts.Stdio
 		d.files.skip = dirty.isTracker
+		stopStart = time.Now()
 		err = d.run(ctx)
 		if !errors.Is(err, errVfork) || attempt == 100 {
 			break
@@ -111,7 +128,12 @@ func Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	d.result.ParentBytes, d.result.ComparedBytes = dirty.stats.Reused, dirty.stats.Compared
+	d.result.Stopped = preStopped
+	if pre == nil {
+		d.result.ParentBytes, d.result.ComparedBytes = dirty.stats.Reused, dirty.stats.Compared
+	} else if err == nil {
+		d.finishPreCopy()
+	}
 	if err == nil && opts.LeaveRunning {
 		// Still stopped, pages read: from here on every write is tracked.
 		d.armTrackers()
@@ -128,13 +150,25 @@ func Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) {
 			logrus.WithError(ferr).WithField("pid", opts.Pid).Warn("release the tree after a failed dump")
 		}
 	}
+	d.result.Stopped += time.Since(stopStart)
 	if err != nil {
+		if pre != nil {
+			pre.remove(opts.ImageDir)
+		}
 		return nil, fmt.Errorf("dump of pid %d: %w", opts.Pid, err)
 	}
 	return &d.result, nil
 }
 
 func (d *dumper) run(ctx context.Context) error {
+	if err := d.seize(ctx); err != nil {
+		return err
+	}
+	return d.dumpTree(ctx)
+}
+
+// seize stops every thread of the tree in a ptrace stop, its registers read.
+func (d *dumper) seize(ctx context.Context) error {
 	if d.opts.Freezer != nil {
 		if err := d.opts.Freezer.Freeze(); err != nil {
 			return fmt.Errorf("freeze: %w", err)
@@ -160,14 +194,17 @@ func (d *dumper) run(ctx context.Context) error {
 			}
 		}
 	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
+	return ctx.Err()
+}
+
+// dumpTree records the seized tree into the image.
+func (d *dumper) dumpTree(ctx context.Context) error {
 	var uts unix.Utsname
 	_ = unix.Uname(&uts)
 	d.inv = image.Inventory{Header: image.NewHeader(), Kernel: unix.ByteSliceToString(uts.Release[:])}
 	// The tree is stopped: its clocks stop here.
 	d.inv.Monotonic, d.inv.Boottime = treeClocks(d.tasks[0].pid)
+	d.result.StoppedAt, d.result.Monotonic, d.result.Boottime = time.Now().UTC(), d.inv.Monotonic, d.inv.Boottime
 	d.result.Kernel = d.inv.Kernel
 	var err error
 	if d.ownIPC, err = ownIPCNamespace(d.tasks[0].pid); err != nil {

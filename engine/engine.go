@@ -2,6 +2,7 @@ package engine
 
 import (
 	"os"
+	"time"
 )
 
 // Freezer freezes/thaws the tasks being dumped (the container's cgroup).
@@ -55,6 +56,15 @@ type DumpOptions struct {
 	// An error from it fails the dump and the tree is left running, so a
 	// caller can make the image durable (pack it) before the tree dies.
 	Commit func(*DumpResult) error
+	// PreCopy copies most of the tree's memory while it still runs, then
+	// stops it for the rest of the dump, which copies only the pages
+	// written meanwhile (precopy_linux.go): the tree is stopped twice,
+	// briefly, instead of once for the whole copy. The pre-copied pages
+	// are files of the image like the others. It cannot be combined with
+	// Parent. Where a pre-copy is not possible (a process using
+	// userfaultfd itself, a mapping gone while it was copied), the dump
+	// goes on without it.
+	PreCopy bool
 	// HashPages computes the sha256 of each pages file while it is written
 	// (DumpResult.PageDigests), overlapped with the copy, so that packing
 	// need not read the files again. It costs CPU while the tree is stopped:
@@ -111,6 +121,20 @@ type DumpResult struct {
 	// could tell what changed.
 	ParentBytes   uint64 `json:"parent_bytes,omitempty"`
 	ComparedBytes uint64 `json:"compared_bytes,omitempty"`
+	// StoppedAt, Monotonic and Boottime are the wall clock and the tree's
+	// CLOCK_MONOTONIC and CLOCK_BOOTTIME (its time namespace's offsets
+	// included), in nanoseconds, when the tree was stopped for the dump:
+	// the moment the image holds.
+	StoppedAt time.Time `json:"stopped_at"`
+	Monotonic int64     `json:"monotonic"`
+	Boottime  int64     `json:"boottime"`
+	// Stopped is how long the tree was kept stopped (frozen or in ptrace
+	// stops), in all: the stall a LeaveRunning dump causes, the downtime of
+	// one that kills the tree.
+	Stopped time.Duration `json:"stopped"`
+	// PreCopiedBytes are the bytes of pages copied while the tree ran
+	// (PreCopy), part of PageBytes.
+	PreCopiedBytes uint64 `json:"pre_copied_bytes,omitempty"`
 }
 
 // RestoreOptions configure Restore.

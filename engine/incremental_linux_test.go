@@ -401,3 +401,116 @@ func BenchmarkIncremental1Percent(b *testing.B) {
 	b.ReportMetric(float64(written)/float64(b.N)/(1<<20), "incr-MiB")
 	b.ReportMetric(100*float64(written)/float64(b.N)/float64(full.PageBytes), "incr-%")
 }
+
+// A pre-copy dump: 1% of the pages change after the trackers are armed and
+// before the copy reads them, 1% more after the copy: the dump that stops
+// the tree copies those (and little else), refers to the pre-copied file for
+// the rest, and the restore gives back the memory of the final moment.
+func TestPreCopy(t *testing.T) {
+	testutil.RequiresRoot(t)
+	bin := buildC(t, "incr")
+	dir := t.TempDir()
+	status := filepath.Join(dir, "status")
+	fz := newCgroupFreezer(t)
+	cmd := startInNewPidns(t, fz, bin, "64", status)
+	pid := cmd.Process.Pid
+	s := waitIncr(t, status, func(s incrStatus) bool { return s.Seq >= 1 })
+	var stages []string
+	preCopyHook = func(stage string) {
+		stages = append(stages, stage)
+		s = nextRound(t, pid, status, s)
+	}
+	defer func() { preCopyHook = nil }()
+	img := filepath.Join(dir, "img")
+	r, err := Dump(context.Background(), DumpOptions{Pid: pid, Freezer: fz, ImageDir: img, PreCopy: true, HashPages: true})
+	if err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	_ = cmd.Wait()
+	if strings.Join(stages, ",") != "copy,copied" {
+		t.Fatalf("pre-copy stages %v", stages)
+	}
+	own := r.PageBytes - r.PreCopiedBytes
+	t.Logf("pre-copied %d bytes, %d written while stopped", r.PreCopiedBytes, own)
+	if r.PreCopiedBytes < 60<<20 {
+		t.Errorf("pre-copied %d bytes of the 64 MiB workload", r.PreCopiedBytes)
+	}
+	if own < 64<<20/100 || own > 64<<20/10 {
+		t.Errorf("the stopped dump wrote %d bytes, want about the 1%% of 64 MiB changed after the copy", own)
+	}
+	rec, err := image.ReadTask(img, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rec.Mm.ParentPages) != 1 || rec.Mm.ParentPages[0].Name != image.PreCopyPagesFile(1) {
+		t.Fatalf("the dump refers to %+v, want the pre-copied pages", rec.Mm.ParentPages)
+	}
+	for _, f := range rec.Mm.ParentPages[0].Parts {
+		if r.PageDigests[f] == "" {
+			t.Errorf("no digest for pre-copied part %s", f)
+		}
+	}
+	if r.PageDigests[image.PreCopyPagesFile(1)] == "" {
+		t.Errorf("no digest for the pre-copied pages: %v", r.PageDigests)
+	}
+	checkRestoredSum(t, img, status, s)
+}
+
+// Signals that arrive while a pre-copy dump seizes the tree (twice) are
+// delivered all the same: every queued real-time signal sent during five
+// dumps is counted by the workload, which runs on.
+func TestPreCopySignals(t *testing.T) {
+	testutil.RequiresRoot(t)
+	bin := buildC(t, "sigcount")
+	dir := t.TempDir()
+	status := filepath.Join(dir, "status")
+	fz := newCgroupFreezer(t)
+	cmd := startInNewPidns(t, fz, bin, status)
+	pid := cmd.Process.Pid
+	count := func() int {
+		b, err := os.ReadFile(status)
+		if err != nil {
+			return -1
+		}
+		n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil {
+			return -1
+		}
+		return n
+	}
+	waitFor(t, "the workload's status", func() bool { return count() == 0 })
+	// Signals sent all along the dumps, paced so that the workload (and
+	// its pending queue, RLIMIT_SIGPENDING) keeps up.
+	stop := make(chan struct{})
+	done := make(chan int, 1)
+	go func() {
+		sent := 0
+		for {
+			select {
+			case <-stop:
+				done <- sent
+				return
+			default:
+			}
+			if err := unix.Kill(pid, sigRTMin); err != nil {
+				t.Error(err)
+				done <- sent
+				return
+			}
+			sent++
+			time.Sleep(20 * time.Microsecond)
+		}
+	}()
+	for i := 0; i < 5; i++ {
+		if _, err := Dump(context.Background(), DumpOptions{Pid: pid, Freezer: fz, ImageDir: filepath.Join(dir, "img"+strconv.Itoa(i)), LeaveRunning: true, PreCopy: true}); err != nil {
+			close(stop)
+			t.Fatalf("dump %d: %v", i, err)
+		}
+	}
+	close(stop)
+	sent := <-done
+	waitFor(t, "every signal counted", func() bool { return count() == sent })
+}
+
+// sigRTMin is glibc's SIGRTMIN (the kernel's 32 and 33 are taken by NPTL).
+const sigRTMin = unix.Signal(34)

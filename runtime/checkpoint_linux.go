@@ -42,6 +42,17 @@ type CheckpointOpts struct {
 	// LeaveRunning keeps the container running after the checkpoint; by
 	// default it is stopped and deleted once the image is safely written.
 	LeaveRunning bool
+	// PreCopy copies the container's memory while it runs before stopping
+	// it for the rest (engine.DumpOptions.PreCopy): the default with
+	// LeaveRunning; without it, it shortens the downtime of a migration
+	// (the time from the stop to the kill) at the cost of a longer
+	// checkpoint. It cannot be combined with ParentPath.
+	PreCopy bool
+	// NoPreCopy stops a LeaveRunning container for the whole dump instead of
+	// copying its memory while it runs first: one longer stall, for
+	// workloads that rewrite most of their memory faster than it can be
+	// copied.
+	NoPreCopy bool
 	// TCPEstablished, ExtUnixSockets, ShellJob and FileLocks allow what runc's
 	// flags of the same name allow.
 	TCPEstablished, ExtUnixSockets, ShellJob, FileLocks bool
@@ -114,6 +125,11 @@ func (c *Container) Checkpoint(ctx context.Context, opts CheckpointOpts) (_ *oci
 	pack := func(res *engine.DumpResult) error {
 		defer func(start time.Time) { packTime = time.Since(start); timePhase(ctx, "pack", start) }(time.Now())
 		cfg.Processes = processSummary(res)
+		if res.Monotonic != 0 {
+			// The clocks of the moment the image holds (the end of a
+			// pre-copy, not the start of the checkpoint).
+			cfg.Time = oci.Clocks{Realtime: res.StoppedAt, Monotonic: res.Monotonic, Boottime: res.Boottime}
+		}
 		cfg.Engine = map[string]string{
 			"pageBytes": strconv.FormatUint(res.PageBytes, 10),
 			"kernel":    res.Kernel,
@@ -144,6 +160,9 @@ func (c *Container) Checkpoint(ctx context.Context, opts CheckpointOpts) (_ *oci
 		ImageDir: filepath.Join(work, "engine"), LeaveRunning: opts.LeaveRunning,
 		TCPEstablished: opts.TCPEstablished, ExtUnixSockets: opts.ExtUnixSockets,
 		ShellJob: opts.ShellJob, FileLocks: opts.FileLocks, Stdio: c.rec.Stdio,
+		// A container left running is stopped only for what changed while
+		// its memory was copied (engine/precopy_linux.go).
+		PreCopy: (opts.PreCopy || opts.LeaveRunning && opts.ParentPath == "") && !opts.NoPreCopy,
 	}
 	if opts.ParentPath != "" {
 		// The engine reads the parent's records (and, where no dirty-page
@@ -169,6 +188,7 @@ func (c *Container) Checkpoint(ctx context.Context, opts CheckpointOpts) (_ *oci
 		// The engine's own time (the stall, with LeaveRunning), without
 		// the packing done inside Dump otherwise.
 		reportPhase(ctx, "dump", time.Since(dumpStart)-packTime)
+		reportPhase(ctx, "stopped", res.Stopped)
 	}
 	if st == Paused {
 		// The engine thaws to collect the ptrace stops; a paused container

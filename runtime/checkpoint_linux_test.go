@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -152,35 +153,97 @@ func TestCheckpointRestore(t *testing.T) {
 }
 
 func TestCheckpointLeaveRunning(t *testing.T) {
+	for _, noPreCopy := range []bool{false, true} {
+		t.Run(fmt.Sprintf("NoPreCopy=%v", noPreCopy), func(t *testing.T) {
+			r := newRuntime(t)
+			ctx := context.Background()
+			id := fmt.Sprintf("ckpt-leave-%v", noPreCopy)
+			c, bundle := startCounter(t, r, id)
+			rootfs := c.Rootfs()
+			image := filepath.Join(t.TempDir(), "image")
+			before, _ := readCounter(t, rootfs)
+			if _, err := c.Checkpoint(ctx, CheckpointOpts{ImagePath: image, LeaveRunning: true, NoPreCopy: noPreCopy}); err != nil {
+				t.Fatalf("checkpoint: %v", err)
+			}
+			// The image holds a moment of the call: its end, after a pre-copy.
+			end, _ := readCounter(t, rootfs)
+			after := waitCounter(t, rootfs, func(s sample) bool { return s.n >= end.n+5 })
+			if st, err := c.Status(); err != nil || st != Running {
+				t.Fatalf("status after --leave-running checkpoint: %v, %v", st, err)
+			}
+			assertUntraced(t, c)
+			ck, err := oci.OpenCheckpoint(image)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pre := false
+			for _, l := range ck.Manifest.Layers {
+				pre = pre || strings.HasSuffix(l.Annotations[oci.AnnotationPath], "-pre.img")
+			}
+			ck.Close()
+			if pre == noPreCopy {
+				t.Errorf("pre-copied pages in the image: %v, want %v", pre, !noPreCopy)
+			}
+
+			// The image holds the tree as it was: restored, it counts on
+			// from the checkpoint, behind the live container's count.
+			if err := c.Delete(ctx, true); err != nil {
+				t.Fatal(err)
+			}
+			c2, err := r.Restore(ctx, id, RestoreOpts{CreateOpts: CreateOpts{Bundle: bundle}, ImagePath: image})
+			if err != nil {
+				t.Fatalf("restore: %v", err)
+			}
+			t.Cleanup(func() { _ = c2.Delete(ctx, true) })
+			next := waitCounter(t, rootfs, func(s sample) bool { return s.n < after.n })
+			if next.n < before.n || next.n > end.n+3 {
+				t.Errorf("restored counter %d, want between the checkpoint's start %d and end %d (live one reached %d)", next.n, before.n, end.n, after.n)
+			}
+		})
+	}
+}
+
+// TestCheckpointPreCopyKill: a checkpoint that stops the container only at
+// the end of a pre-copy, then removes it (a migration's short downtime):
+// the image holds the pre-copied pages, and the restored counter goes on
+// from the value at the end of the checkpoint.
+func TestCheckpointPreCopyKill(t *testing.T) {
 	r := newRuntime(t)
 	ctx := context.Background()
-	id := "ckpt-leave"
+	id := "ckpt-precopy-kill"
 	c, bundle := startCounter(t, r, id)
 	rootfs := c.Rootfs()
 	image := filepath.Join(t.TempDir(), "image")
-	before, _ := readCounter(t, rootfs)
-	if _, err := c.Checkpoint(ctx, CheckpointOpts{ImagePath: image, LeaveRunning: true}); err != nil {
+	if _, err := c.Checkpoint(ctx, CheckpointOpts{ImagePath: image, PreCopy: true, ParentPath: image}); err == nil {
+		t.Fatal("checkpoint with PreCopy and a ParentPath: no error")
+	}
+	if _, err := c.Checkpoint(ctx, CheckpointOpts{ImagePath: image, PreCopy: true}); err != nil {
 		t.Fatalf("checkpoint: %v", err)
 	}
-	after := waitCounter(t, rootfs, func(s sample) bool { return s.n >= before.n+5 })
-	if st, err := c.Status(); err != nil || st != Running {
-		t.Fatalf("status after --leave-running checkpoint: %v, %v", st, err)
+	if _, err := r.Load(id); !errors.Is(err, ErrNotExist) {
+		t.Fatalf("container after checkpoint: got %v, want ErrNotExist", err)
 	}
-	assertUntraced(t, c)
-
-	// The image holds the tree as it was: restored, it counts on from the
-	// checkpoint, behind the live container's count.
-	if err := c.Delete(ctx, true); err != nil {
+	saved, _ := readCounter(t, rootfs)
+	ck, err := oci.OpenCheckpoint(image)
+	if err != nil {
 		t.Fatal(err)
+	}
+	pre := false
+	for _, l := range ck.Manifest.Layers {
+		pre = pre || strings.HasSuffix(l.Annotations[oci.AnnotationPath], "-pre.img")
+	}
+	ck.Close()
+	if !pre {
+		t.Errorf("no pre-copied pages in the image")
 	}
 	c2, err := r.Restore(ctx, id, RestoreOpts{CreateOpts: CreateOpts{Bundle: bundle}, ImagePath: image})
 	if err != nil {
 		t.Fatalf("restore: %v", err)
 	}
 	t.Cleanup(func() { _ = c2.Delete(ctx, true) })
-	next := waitCounter(t, rootfs, func(s sample) bool { return s.n < after.n })
-	if next.n < before.n || next.n > before.n+3 {
-		t.Errorf("restored counter %d, want just after the checkpoint's %d (live one reached %d)", next.n, before.n, after.n)
+	next := waitCounter(t, rootfs, func(s sample) bool { return s.n != saved.n })
+	if next.n != saved.n+1 {
+		t.Errorf("restored counter %d, want %d (just after the checkpoint's %d)", next.n, saved.n+1, saved.n)
 	}
 }
 

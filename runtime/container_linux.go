@@ -201,7 +201,7 @@ func (c *Container) Start(ctx context.Context) error {
 		return fmt.Errorf("reach init of %s: %w", c.rec.ID, err)
 	}
 	defer conn.Close()
-	if err := json.NewEncoder(conn).Encode(syncMsg{Type: msgStart}); err != nil {
+	if err := sendToInit(conn, syncMsg{Type: msgStart}); err != nil {
 		return fmt.Errorf("signal init of %s: %w", c.rec.ID, err)
 	}
 	if err := waitExec(json.NewDecoder(conn)); err != nil {
@@ -299,39 +299,54 @@ func exitCode(cmd *exec.Cmd, err error) (int, error) {
 }
 
 // waitGone waits until pid (with that start time) has exited; timeout 0
-// waits forever.
+// waits forever. The pidfd waits in Go's poller, so a wait (one per running
+// container in the shim) holds no OS thread.
 func waitGone(pid int, start uint64, timeout time.Duration) error {
 	if pid == 0 {
 		return nil
 	}
-	fd, err := unix.PidfdOpen(pid, 0)
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
 	if err != nil {
 		if errors.Is(err, unix.ESRCH) {
 			return nil
 		}
 		return fmt.Errorf("pidfd of %d: %w", pid, err)
 	}
-	defer unix.Close(fd)
+	f := os.NewFile(uintptr(fd), "pidfd")
+	defer f.Close()
 	if st, err := procStartTime(pid); err != nil || st != start {
 		return nil
 	}
-	ms := -1
 	if timeout > 0 {
-		ms = int(timeout / time.Millisecond)
-	}
-	for {
-		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, ms)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
+		if err := f.SetReadDeadline(time.Now().Add(timeout)); err != nil {
 			return fmt.Errorf("wait for pid %d: %w", pid, err)
 		}
-		if n == 0 {
-			return fmt.Errorf("pid %d still alive after %v", pid, timeout)
-		}
-		return nil
 	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("wait for pid %d: %w", pid, err)
+	}
+	var pollErr error
+	err = rc.Read(func(fd uintptr) bool {
+		// A pidfd is readable once its process has exited; Read waits for
+		// readiness in the poller whenever this reports false.
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			pollErr = err
+			return true
+		}
+		return n > 0
+	})
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("pid %d still alive after %v", pid, timeout)
+	}
+	if err == nil {
+		err = pollErr
+	}
+	if err != nil {
+		return fmt.Errorf("wait for pid %d: %w", pid, err)
+	}
+	return nil
 }
 
 // Delete removes the container: a stopped or created one at once, a running

@@ -387,8 +387,8 @@ func (r *Runtime) Create(ctx context.Context, id string, opts CreateOpts) (_ *Co
 		return nil, fmt.Errorf("read init start time: %w", err)
 	}
 
-	enc, dec := json.NewEncoder(parentSync), json.NewDecoder(parentSync)
-	if err := enc.Encode(&cfg); err != nil {
+	dec := json.NewDecoder(parentSync)
+	if err := sendToInit(parentSync, &cfg); err != nil {
 		return nil, fmt.Errorf("send init config: %w", err)
 	}
 	hookState := func(s specs.ContainerState) *specs.State {
@@ -409,7 +409,7 @@ func (r *Runtime) Create(ctx context.Context, id string, opts CreateOpts) (_ *Co
 					return nil, err
 				}
 			}
-			if err := enc.Encode(syncMsg{Type: msgHooksDone}); err != nil {
+			if err := sendToInit(parentSync, syncMsg{Type: msgHooksDone}); err != nil {
 				return nil, fmt.Errorf("resume init after hooks: %w", err)
 			}
 		case msgReady:

@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
+	"unsafe"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -216,9 +219,14 @@ func (c *Container) Exec(ctx context.Context, opts ExecOpts) (*Process, error) {
 // and waits until it has exec'd; on failure the process is killed.
 func (c *Container) finishExec(proc *Process, parentSync *os.File, cfg *initConfig) error {
 	fail := func(err error) error {
+		// How the process ended, if it did by itself (the socket error
+		// alone does not say).
+		ended := exitedBy(proc.Pid, 100*time.Millisecond)
 		_ = unix.Kill(proc.Pid, unix.SIGKILL)
 		if code, _ := proc.Wait(); code == nsenter.ExitCode {
 			err = fmt.Errorf("%w (the exec process could not join the container's user or time namespace before it started: exit %d, reason on its stderr)", err, code)
+		} else if ended != "" {
+			err = fmt.Errorf("%w (the exec process %s)", err, ended)
 		}
 		return err
 	}
@@ -232,7 +240,7 @@ func (c *Container) finishExec(proc *Process, parentSync *os.File, cfg *initConf
 	if err := setOOMScoreAdj(proc.Pid, cfg.Process.OOMScoreAdj); err != nil {
 		return fail(err)
 	}
-	if err := json.NewEncoder(parentSync).Encode(cfg); err != nil {
+	if err := sendToInit(parentSync, cfg); err != nil {
 		return fail(fmt.Errorf("send exec config: %w", err))
 	}
 	if err := waitExec(json.NewDecoder(parentSync)); err != nil {
@@ -394,4 +402,30 @@ func sameNamespace(a, b string) (bool, error) {
 		return false, fmt.Errorf("stat %s: %w", b, err)
 	}
 	return sa.Dev == sb.Dev && sa.Ino == sb.Ino, nil
+}
+
+// exitedBy waits up to timeout for the child pid to end, without reaping
+// it, and says how it ended ("" if it still runs).
+func exitedBy(pid int, timeout time.Duration) string {
+	deadline := time.Now().Add(timeout)
+	for {
+		var info unix.Siginfo
+		err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
+		if err != nil {
+			return ""
+		}
+		// si_pid, si_uid, si_status follow si_signo, si_errno, si_code and padding.
+		raw := (*[128]byte)(unsafe.Pointer(&info))
+		if got := int32(binary.LittleEndian.Uint32(raw[16:])); got == int32(pid) {
+			status := int32(binary.LittleEndian.Uint32(raw[24:]))
+			if info.Code == 1 { // CLD_EXITED
+				return fmt.Sprintf("exited with status %d", status)
+			}
+			return fmt.Sprintf("was killed by signal %d (%v)", status, unix.Signal(status))
+		}
+		if time.Now().After(deadline) {
+			return ""
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	goruntime "runtime"
 	"strconv"
@@ -129,6 +130,21 @@ const (
 type syncMsg struct {
 	Type  string `json:"type"`
 	Error string `json:"error,omitempty"`
+}
+
+// sendToInit writes one message of the parent to the init: its JSON alone,
+// without the newline json.Encoder adds. The init's decoder stops at the
+// value's last byte; a newline arriving in a later segment would stay
+// unread when the init execs, and a stream socket closed with unread bytes
+// resets the connection: the parent would read ECONNRESET where the
+// success is EOF.
+func sendToInit(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(b)
+	return err
 }
 
 func runInit(sync *os.File) error {

@@ -65,6 +65,8 @@ var checkpointCommand = &cli.Command{
 		&cli.StringFlag{Name: "parent-path", Usage: "previous checkpoint: write an incremental image on top of it"},
 		&cli.BoolFlag{Name: "leave-running", Usage: "leave the container running after the checkpoint"},
 		&cli.BoolFlag{Name: "pre-dump", Usage: "a pre-copy pass: checkpoint leaving the container running and tracking the pages it writes; a later checkpoint with --parent-path saves only those"},
+		&cli.BoolFlag{Name: "pre-copy", Usage: "copy the container's memory while it runs, then stop it only for what it wrote meanwhile and the rest of its state (the default with --leave-running; otherwise a shorter downtime for a longer checkpoint)"},
+		&cli.BoolFlag{Name: "no-pre-copy", Usage: "stop the container for the whole dump (with --leave-running: instead of copying its memory while it runs first)"},
 		&cli.StringFlag{Name: "page-server", Usage: "not supported yet"},
 		&cli.StringFlag{Name: "name", Usage: "name recorded in the image (default: the container id)"},
 	}, crFlags...),
@@ -98,6 +100,9 @@ func checkpoint(ctx *cli.Context) error {
 	if err := checkUnsupported(ctx); err != nil {
 		return err
 	}
+	if ctx.Bool("pre-copy") && (ctx.Bool("no-pre-copy") || ctx.String("parent-path") != "") {
+		return errors.New("--pre-copy cannot be combined with --no-pre-copy or --parent-path")
+	}
 	c, err := loadContainer(ctx)
 	if err != nil {
 		return err
@@ -118,7 +123,9 @@ func checkpoint(ctx *cli.Context) error {
 	_, err = c.Checkpoint(ctx.Context, runtime.CheckpointOpts{
 		ImagePath: image, Archive: ctx.String("archive"), WorkPath: ctx.String("work-path"),
 		ParentPath: ctx.String("parent-path"), Name: ctx.String("name"),
-		LeaveRunning: ctx.Bool("leave-running") || ctx.Bool("pre-dump"), TCPEstablished: ctx.Bool("tcp-established"),
+		LeaveRunning: ctx.Bool("leave-running") || ctx.Bool("pre-dump"),
+		PreCopy:      ctx.Bool("pre-copy"), NoPreCopy: ctx.Bool("no-pre-copy"),
+		TCPEstablished: ctx.Bool("tcp-established"),
 		ExtUnixSockets: ctx.Bool("ext-unix-sk"), ShellJob: ctx.Bool("shell-job"), FileLocks: ctx.Bool("file-locks"),
 	})
 	return err

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 )
 
@@ -22,6 +23,12 @@ import (
 // and so on (the chain is flattened at dump time, so a restore never reads
 // the parents' records, only their pages files). The packer lays the chain
 // out that way (the parent's files under parent/).
+//
+// A dump that pre-copies (engine.DumpOptions.PreCopy) copies most pages
+// while the tree still runs, into the image's own PreCopyPagesFile files, and
+// then only the pages written since: its runs refer to the pre-copied data as
+// to a parent generation that lives in the image directory itself, a
+// ParentPages entry with a plain name (generation 0).
 //
 // TrackingFile records the dirty-page tracker the engine armed in each task
 // after a dump that left the tree running: the next dump that names this
@@ -51,11 +58,22 @@ type PagesData struct {
 // parent image's files.
 const ParentDir = "parent"
 
-// ValidParentPagesName says whether name is "parent/" repeated at least once,
-// followed by the name of a pages file: the only names a PageRun may refer to.
+// ValidParentPagesName says whether name is "parent/" repeated zero or more
+// times, followed by the name of a pages file: the only names a PageRun of
+// an earlier generation may refer to (no "parent/": pre-copied pages of the
+// image itself).
 func ValidParentPagesName(name string) bool {
 	_, ok := parentPagesGen(name)
 	return ok
+}
+
+// PreCopyPagesFile is the name of the pages pre-copied from the task with
+// PID pid; PreCopyPagesPartFile(pid, k) the name of its part k >= 1.
+func PreCopyPagesFile(pid int) string { return pagesPrefix + strconv.Itoa(pid) + "-pre.img" }
+
+// PreCopyPagesPartFile is the name of part k (k >= 1) of PreCopyPagesFile(pid).
+func PreCopyPagesPartFile(pid, k int) string {
+	return pagesPrefix + strconv.Itoa(pid) + "-pre-" + strconv.Itoa(k) + ".img"
 }
 
 // parentPagesGen returns how many "parent/" a valid parent pages name has.
@@ -69,9 +87,6 @@ func parentPagesGen(name string) (int, bool) {
 		}
 		rest = r
 		gen++
-	}
-	if gen == 0 {
-		return 0, false
 	}
 	return gen, validPagesBase(rest)
 }
@@ -144,7 +159,11 @@ func (mm *Mm) validateParentPages() error {
 	if len(mm.ParentPages) > 1<<16 {
 		return bad("%d parent pages files", len(mm.ParentPages))
 	}
-	seen := map[string]bool{}
+	// The task's own files can't be named again as an earlier generation's.
+	seen := map[string]bool{mm.PagesFile: true}
+	for _, name := range mm.PagesParts {
+		seen[name] = true
+	}
 	for _, p := range mm.ParentPages {
 		gen, ok := parentPagesGen(p.Name)
 		if !ok || seen[p.Name] || p.Size > 1<<46 || len(p.Parts) > 1<<16 || !validParts(p.Size, p.PartSize, len(p.Parts)) {

@@ -9,7 +9,9 @@ func TestParentPagesNames(t *testing.T) {
 	for name, ok := range map[string]bool{
 		"parent/pages-1.img":               true,
 		"parent/parent/pages-shmem-7.img":  true,
-		"pages-1.img":                      false,
+		"pages-1.img":                      true, // generation 0: pre-copied
+		"pages-1-pre.img":                  true,
+		"task-1.json":                      false,
 		"parent/../pages-1.img":            false,
 		"parent/task-1.json":               false,
 		"parent/sub/pages-1.img":           false,
@@ -44,6 +46,16 @@ func TestIncrementalRunsValidate(t *testing.T) {
 		if err := bad.Validate(); !errors.Is(err, ErrFormat) {
 			t.Errorf("%s: Validate = %v, want ErrFormat", name, err)
 		}
+	}
+	own := mm()
+	own.ParentPages[0].Name = "pages-1.img"
+	if err := own.Validate(); !errors.Is(err, ErrFormat) {
+		t.Errorf("the own pages file as a parent's: Validate = %v, want ErrFormat", err)
+	}
+	pre := mm(PageRun{Addr: 0x12000, Len: 4 * PageSize, Off: 0, File: 1})
+	pre.ParentPages[0].Name = PreCopyPagesFile(1)
+	if err := pre.Validate(); err != nil {
+		t.Errorf("pre-copied pages: Validate = %v", err)
 	}
 	escape := mm()
 	escape.ParentPages[0].Name = "parent/../../etc/pages-1.img"

@@ -24,7 +24,7 @@ run() {
 }
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT"
 run -bench 'Baseline|LifecycleTrue' -benchtime "$LIGHTTIME" ./runtime/ ./oci/
-run -bench '^Benchmark(Checkpoint|CheckpointPreCopy|Restore|Stall|RuncCRIU)$' -benchtime "$BENCHTIME" ./runtime/
+run -bench '^Benchmark(Checkpoint|CheckpointPreCopy|Restore|RestoreVerifyFull|Stall|RuncCRIU)$' -benchtime "$BENCHTIME" ./runtime/
 run -bench '^BenchmarkWorkload(Checkpoint|Restore|Stall|RuncCRIU)$' -benchtime "$BENCHTIME" ./runtime/
 run -bench . -benchtime "$BENCHTIME" ./engine/ ./oci/
 run -bench 'CreateStartDelete' -benchtime "$LIGHTTIME" ./cmd/cryo/

@@ -44,8 +44,13 @@
 // that no saved mapping uses, unmap everything else, move [vdso]/[vvar]/
 // [vvar_vclock] (by one delta, so the vdso keeps telling the time) to their
 // saved addresses, map every saved VMA with MAP_FIXED (files opened inside the
-// task, so paths resolve in its own mount namespace and root), write the pages
-// through /proc/PID/mem (which writes through read-only mappings), set the
+// task, so paths resolve in its own mount namespace and root), queue the
+// copy of its pages (fill_linux.go: process_vm_writev from a 2 MiB-aligned,
+// PMD-mapped view of the pages files, big fills cut into pieces copied on
+// several goroutines, /proc/PID/mem for read-only mappings; the copies run
+// on a goroutine of their own while the ptrace thread goes on with the next
+// tasks and everyone's files, and are waited for before the shmem seals and
+// any state that makes the kernel write into the tasks' memory), set the
 // mm_struct fields with PR_SET_MM_MAP, install the fds at their numbers,
 // cwd, umask, rlimits, signal handlers, rseq, robust list, credentials last,
 // and finally unmap the gadget, load the saved registers and xstate and

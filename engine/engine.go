@@ -148,6 +148,12 @@ type RestoreOptions struct {
 	// A nil entry keeps the stub's own fd of that number (the runtime starts
 	// the stub with the container's stdio, or /dev/null).
 	Stdio [3]*os.File
+	// PagesFiles, if set, holds pages files open, by their name relative to
+	// ImageDir as the records name them ("pages-1.img", "parent/pages-1.img"):
+	// such a file is mapped from the open file and not looked up in
+	// ImageDir (the packer hands over the verified blobs this way, without
+	// linking them into ImageDir). Restore does not close them.
+	PagesFiles map[string]*os.File
 }
 
 // RestoreResult describes the restored tree.

@@ -150,7 +150,7 @@ func (r *restorer) deletedFd(rt *rtask, f image.Fd, base int) (uint64, error) {
 			return 0, err
 		}
 		dst := os.NewFile(uintptr(c), f.Path)
-		src, err := os.Open(filepath.Join(r.opts.ImageDir, g.Data))
+		src, err := r.openImageFile(g.Data)
 		if err == nil {
 			_, err = io.Copy(dst, io.LimitReader(src, g.Size))
 			src.Close()

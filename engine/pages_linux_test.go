@@ -20,7 +20,8 @@ import (
 // TestDumpRestoreSplitPages dumps a process with more page data than one
 // pages file holds (pagesPartSize): the data is split into bounded parts
 // whose digests, computed during the copy, must be those of the files, and
-// a restore must put every byte back.
+// a restore must put every byte back (copied on several goroutines), with
+// one part given as an open file.
 func TestDumpRestoreSplitPages(t *testing.T) {
 	testutil.RequiresRoot(t)
 	const mib = 150
@@ -61,8 +62,21 @@ func TestDumpRestoreSplitPages(t *testing.T) {
 		t.Fatalf("pages files hold %d bytes, dump says %d, want >= %d", total, res.PageBytes, mib<<20)
 	}
 
+	// One part is handed over open (RestoreOptions.PagesFiles), from
+	// outside the image directory, as the packer does; the others are
+	// found in the directory.
+	away := filepath.Join(t.TempDir(), "pages-1-1.img")
+	if err := os.Rename(filepath.Join(img, "pages-1-1.img"), away); err != nil {
+		t.Fatal(err)
+	}
+	part, err := os.Open(away)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer part.Close()
 	stub := startStub(t)
-	if _, err := Restore(context.Background(), RestoreOptions{ImageDir: img, Pid: stub.Process.Pid}); err != nil {
+	if _, err := Restore(context.Background(), RestoreOptions{ImageDir: img, Pid: stub.Process.Pid,
+		PagesFiles: map[string]*os.File{"pages-1-1.img": part}}); err != nil {
 		t.Fatalf("restore: %v", err)
 	}
 	// memhog's buffer is one mmap'ed malloc chunk: data 16 bytes in,

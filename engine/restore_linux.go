@@ -8,7 +8,6 @@ import (
 	"os"
 	"runtime"
 	"sort"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -77,6 +76,8 @@ type restorer struct {
 	sysv *image.SysVIPC
 	// stdio is the helper holding RestoreOptions.Stdio, started when needed.
 	stdio *stdioHelper
+	// fills copies the page data into the tasks (fill_linux.go).
+	fills fillQueue
 }
 
 type pipeEnd struct {
@@ -132,7 +133,9 @@ func Restore(ctx context.Context, opts RestoreOptions) (*RestoreResult, error) {
 			r.stdio.stop()
 		}
 	}()
+	defer r.fills.stop()
 	if err := r.run(ctx); err != nil {
+		r.fills.stop()
 		r.killAll()
 		return nil, fmt.Errorf("restore from %s: %w", opts.ImageDir, err)
 	}
@@ -208,6 +211,9 @@ func (r *restorer) run(ctx context.Context) error {
 			return fmt.Errorf("pid %d: memory: %w", rt.rec.Pid, err)
 		}
 	}
+	// The page fills (fillQueue) overlap what follows, up to the seals: a
+	// sealed memfd takes no more writes, and from there on the kernel
+	// writes into the tasks' memory (rseq, clear_child_tid, threads' TLS).
 	if err := r.destroySysvShm(); err != nil {
 		return err
 	}
@@ -226,6 +232,9 @@ func (r *restorer) run(ctx context.Context) error {
 		return err
 	}
 	if err := r.registerEpolls(); err != nil {
+		return err
+	}
+	if err := r.fills.wait(); err != nil {
 		return err
 	}
 	if err := r.sealShmems(); err != nil {
@@ -852,80 +861,6 @@ func (r *restorer) openIn(t *tracee, path string, flags uint64) (uint64, error) 
 		return 0, fmt.Errorf("open %s in pid %d: %w", path, t.tid, err)
 	}
 	return fd, nil
-}
-
-// writePages copies the page data into the task: the pages file is mapped
-// into the engine and written with process_vm_writev (4.7 GB/s, KERNEL.md)
-// into writable mappings, and through /proc/PID/mem (which writes through
-// read-only mappings, FOLL_FORCE) into the others.
-func (r *restorer) writePages(rt *rtask) error {
-	mm := rt.rec.Mm
-	// The task's own page data and, for an incremental image, the parents'
-	// (every generation's parts mapped contiguously, pages_linux.go).
-	files, release, err := mapPagesChain(r.opts.ImageDir, mm)
-	if err != nil {
-		return err
-	}
-	defer release()
-	if files == nil {
-		return nil
-	}
-	t := rt.lead()
-	if err := t.openMem(); err != nil {
-		return err
-	}
-	var local []unix.Iovec
-	var remote []unix.RemoteIovec
-	var queued int
-	flush := func() error {
-		if len(local) == 0 {
-			return nil
-		}
-		n, err := unix.ProcessVMWritev(rt.hostPid, local, remote, 0)
-		if err != nil || n != queued {
-			// Fall back to /proc/PID/mem for whatever was not written.
-			if n < 0 {
-				n = 0
-			}
-			pos := 0
-			for i, rv := range remote {
-				end := pos + rv.Len
-				if end > n {
-					from := max(pos, n)
-					src := unsafe.Slice(local[i].Base, local[i].Len)[from-pos:]
-					if _, err := t.mem.WriteAt(src, int64(rv.Base)+int64(from-pos)); err != nil {
-						return fmt.Errorf("write %d bytes at %#x: %w", len(src), rv.Base, err)
-					}
-				}
-				pos = end
-			}
-		}
-		local, remote, queued = local[:0], remote[:0], 0
-		return nil
-	}
-	for _, v := range mm.Vmas {
-		writable := v.Prot&image.ProtWrite != 0
-		for _, p := range v.Pages {
-			src := files[p.File][p.Off : p.Off+p.Len]
-			if !writable {
-				if _, err := t.mem.WriteAt(src, int64(p.Addr)); err != nil {
-					return fmt.Errorf("write %d bytes at %#x: %w", len(src), p.Addr, err)
-				}
-				continue
-			}
-			iov := unix.Iovec{Base: &src[0]}
-			iov.SetLen(len(src))
-			local = append(local, iov)
-			remote = append(remote, unix.RemoteIovec{Base: uintptr(p.Addr), Len: len(src)})
-			queued += len(src)
-			if len(local) == 1024 {
-				if err := flush(); err != nil {
-					return err
-				}
-			}
-		}
-	}
-	return flush()
 }
 
 // setMmFields sets the mm_struct boundaries, auxv and exe link with

@@ -150,7 +150,7 @@ func (r *restorer) shmemFd(rt *rtask, id uint64) (uint64, error) {
 		return 0, err
 	}
 	if len(obj.Runs) > 0 {
-		src, err := os.Open(filepath.Join(r.opts.ImageDir, filepath.Base(obj.PagesFile)))
+		src, err := r.openImageFile(filepath.Base(obj.PagesFile))
 		if err != nil {
 			return 0, err
 		}

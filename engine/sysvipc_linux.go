@@ -402,7 +402,7 @@ func (r *restorer) createShm(s *image.SysvShm) error {
 		return err
 	}
 	if len(s.Runs) > 0 {
-		data, err := os.Open(filepath.Join(r.opts.ImageDir, s.PagesFile))
+		data, err := r.openImageFile(s.PagesFile)
 		if err != nil {
 			return err
 		}

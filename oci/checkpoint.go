@@ -66,7 +66,27 @@ func OpenCheckpoint(p string) (*Checkpoint, error) {
 	return openCheckpoint(p, openOptions{})
 }
 
+// OpenOptions tune OpenCheckpointWith.
+type OpenOptions struct {
+	// Cache, when set (and the caller is root), lets a blob that it records
+	// as verified, whose file is exactly as recorded, count as verified
+	// without being hashed, and records the blobs hashed (see VerifyCache).
+	// Not used for an archive, which is unpacked into fresh files.
+	Cache *VerifyCache
+	// Full hashes every blob whatever Cache holds (and records them there).
+	Full bool
+}
+
+// OpenCheckpointWith is OpenCheckpoint with options: with none, the same.
+func OpenCheckpointWith(p string, opts OpenOptions) (*Checkpoint, error) {
+	return openCheckpoint(p, openOptions{cache: opts.Cache, full: opts.Full})
+}
+
 type openOptions struct {
+	// cache is the verified-blob cache (nil: hash everything); with full,
+	// only recorded into.
+	cache *VerifyCache
+	full  bool
 	// structureOnly parses and checks sizes but does not hash the layers
 	// nor scan the state layers (a parent being linked into a child: the
 	// child is verified when opened).
@@ -160,7 +180,11 @@ func openCheckpoint(p string, o openOptions) (_ *Checkpoint, err error) {
 			f.Close()
 		}
 	}
-	if c.verified, err = verifyBlobs(c.Path, toHash); err != nil {
+	cache := o.cache
+	if c.temp != "" {
+		cache = nil
+	}
+	if c.verified, err = verifyBlobs(c.Path, toHash, cache, o.full); err != nil {
 		return nil, err
 	}
 	c.fullyVerified = !o.bulkUnhashed
@@ -264,16 +288,39 @@ func (c *Checkpoint) sameAsVerified(d ocispec.Descriptor, fi os.FileInfo) error 
 // files of several layers are assembled by copy. Treat them as read-only:
 // they are the image's blobs. Every state layer is hashed again while
 // unpacked; on any error workDir is left empty (or removed if created).
-func (c *Checkpoint) Extract(workDir string) (err error) {
+func (c *Checkpoint) Extract(workDir string) error {
+	_, err := c.extract(workDir, false)
+	return err
+}
+
+// ExtractOpen is Extract, except that the pages files made of one whole
+// blob are not linked into workDir: they are returned open instead
+// (read-only, the very files verified), by their slash-separated path
+// relative to workDir, for the caller to hand to the engine and to close.
+// Nothing then touches the blobs' inodes: a hardlink, and its removal once
+// the caller is done, would change their ctime and so the identity that a
+// VerifyCache holds for them.
+func (c *Checkpoint) ExtractOpen(workDir string) (map[string]*os.File, error) {
+	return c.extract(workDir, true)
+}
+
+func (c *Checkpoint) extract(workDir string, open bool) (opened map[string]*os.File, err error) {
 	if !c.fullyVerified {
-		return fmt.Errorf("extract %s: checkpoint not verified", c.Source)
+		return nil, fmt.Errorf("extract %s: checkpoint not verified", c.Source)
 	}
 	created, err := claimDir(workDir)
 	if err != nil {
-		return fmt.Errorf("extract %s: %w", c.Source, err)
+		return nil, fmt.Errorf("extract %s: %w", c.Source, err)
+	}
+	if open {
+		opened = map[string]*os.File{}
 	}
 	defer func() {
 		if err != nil {
+			for _, f := range opened {
+				f.Close()
+			}
+			opened = nil
 			cleanupDir(workDir, created)
 			err = fmt.Errorf("extract %s into %s: %w", c.Source, workDir, err)
 		}
@@ -293,13 +340,14 @@ func (c *Checkpoint) Extract(workDir string) (err error) {
 		return nil
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return c.extractPages(workDir, pending)
+	return opened, c.extractPages(workDir, pending, opened)
 }
 
-// extractPages lays out the pages files, chunks in parallel.
-func (c *Checkpoint) extractPages(workDir string, files []pagesFile) error {
+// extractPages lays out the pages files, chunks in parallel; with opened
+// not nil, whole-blob ones are opened into it instead.
+func (c *Checkpoint) extractPages(workDir string, files []pagesFile, opened map[string]*os.File) error {
 	type piece struct {
 		target string
 		desc   ocispec.Descriptor
@@ -309,6 +357,14 @@ func (c *Checkpoint) extractPages(workDir string, files []pagesFile) error {
 	var pieces []piece
 	for _, pf := range files {
 		target := filepath.Join(workDir, filepath.FromSlash(pf.path))
+		if len(pf.chunks) == 1 && opened != nil {
+			f, err := c.openVerified(pf.chunks[0])
+			if err != nil {
+				return err
+			}
+			opened[pf.path] = f
+			continue
+		}
 		if len(pf.chunks) == 1 || len(pf.chunks) == 0 {
 			var d ocispec.Descriptor
 			if len(pf.chunks) == 1 {

@@ -71,5 +71,16 @@
 // names of a layout. Extract then lays the engine files out in a new 0700
 // directory: state tars are hashed again as they are unpacked, whole pages
 // files are hardlinks to the verified blobs (checked to be the very files
-// verified), chunked ones are assembled by in-kernel copies.
+// verified), chunked ones are assembled by in-kernel copies. ExtractOpen
+// hands the whole pages files over open instead of linking them.
+//
+// # The verified-blob cache
+//
+// OpenCheckpointWith with a VerifyCache (root only) takes as verified,
+// without hashing, a blob that this host wrote (WriteOptions.Cache) or
+// verified since it booted and whose file is exactly as it was then
+// (device, inode, size, mtime, ctime): see verifycache.go for the design
+// and why it is sound. Everything else is hashed in full as above;
+// OpenOptions.Full hashes everything. OpenCheckpoint, Inspect and archives
+// never use it.
 package oci

@@ -462,8 +462,11 @@ func hashFile(r io.Reader, limit int64, buf []byte, stop *atomic.Bool) (digest.D
 var errStopped = errors.New("stopped")
 
 // verifyBlobs checks every distinct blob of descs against its digest and
-// size, in parallel, and returns the identity of each verified file.
-func verifyBlobs(root string, descs []ocispec.Descriptor) (map[digest.Digest]os.FileInfo, error) {
+// size, in parallel, and returns the identity of each verified file. A blob
+// that cache records as verified, exactly as its file is now, is not
+// hashed (unless full); one hashed and found right is recorded in cache,
+// unless its file changed while it was read (cache may be nil).
+func verifyBlobs(root string, descs []ocispec.Descriptor, cache *VerifyCache, full bool) (map[digest.Digest]os.FileInfo, error) {
 	byDigest := map[digest.Digest]ocispec.Descriptor{}
 	var todo []ocispec.Descriptor
 	for _, d := range descs {
@@ -485,6 +488,10 @@ func verifyBlobs(root string, descs []ocispec.Descriptor) (map[digest.Digest]os.
 			return err
 		}
 		defer f.Close()
+		if !full && cache.lookup(d.Digest, f, fi) {
+			ids[i] = fi
+			return nil
+		}
 		got, n, err := hashFile(f, d.Size, buf, stop)
 		if err != nil {
 			return fmt.Errorf("read blob %s: %w", d.Digest, err)
@@ -496,6 +503,13 @@ func verifyBlobs(root string, descs []ocispec.Descriptor) (map[digest.Digest]os.
 			return &BlobError{Digest: d.Digest, MediaType: d.MediaType, Actual: got, Size: d.Size, Err: ErrDigestMismatch}
 		}
 		ids[i] = fi
+		if cache.usable() {
+			// Recorded only if nothing changed the file since fi was
+			// taken, before it was read.
+			if now, err := f.Stat(); err == nil && sameIdentity(fi, now) {
+				cache.record(d.Digest, f, fi)
+			}
+		}
 		return nil
 	})
 	if err != nil {

@@ -53,6 +53,16 @@ type WriteOptions struct {
 	// Owner, when set, is given the image's files and directories (like a
 	// statefile belongs to whoever checkpointed).
 	Owner *Owner
+	// MovePages moves the engine's pages files into the layout (rename)
+	// instead of hardlinking them: the engine directory loses them, and
+	// the caller's removal of it later leaves the blobs' inodes alone (an
+	// unlink changes the ctime a VerifyCache entry holds).
+	MovePages bool
+	// Cache, when set (and the caller is root), records every layer blob
+	// written, once complete, as verified (see VerifyCache): the digests
+	// were computed over the bytes written, here or, for Digests, by the
+	// engine. A restore on this host then need not hash them again.
+	Cache *VerifyCache
 }
 
 // Owner is a user and group id.
@@ -251,6 +261,11 @@ func WriteCheckpoint(dst, engineDir string, cfg *Config, opts WriteOptions) (res
 			return nil, err
 		}
 	}
+	// Recorded last, as the blobs stay from now on (an image given to
+	// another owner is not recorded: see VerifyCache).
+	for _, l := range res.Layers {
+		opts.Cache.recordPath(dst, l.Digest)
+	}
 	return res, nil
 }
 
@@ -280,7 +295,7 @@ func layerJobs(w *blobWriter, engineDir string, pages, state []engineEntry, pare
 				j.run = func([]byte, *atomic.Bool) (digest.Digest, int64, error) { return d.Digest, d.Size, nil }
 			} else {
 				j.run = func(buf []byte, stop *atomic.Bool) (digest.Digest, int64, error) {
-					return w.importFile(src, d, buf, stop, false)
+					return w.importFile(src, d, buf, stop, false, false)
 				}
 			}
 			seen[d.Digest] = true
@@ -332,7 +347,7 @@ func layerJobs(w *blobWriter, engineDir string, pages, state []engineEntry, pare
 				size:  p.size,
 				layer: true,
 				run: func(buf []byte, stop *atomic.Bool) (digest.Digest, int64, error) {
-					return w.importFile(src, ocispec.Descriptor{Size: p.size, Digest: opts.Digests[p.rel]}, buf, stop, opts.Digests[p.rel] != "")
+					return w.importFile(src, ocispec.Descriptor{Size: p.size, Digest: opts.Digests[p.rel]}, buf, stop, opts.Digests[p.rel] != "", opts.MovePages)
 				},
 			})
 			continue
@@ -364,7 +379,7 @@ func layerJobs(w *blobWriter, engineDir string, pages, state []engineEntry, pare
 			size:  fi.Size(),
 			layer: true,
 			run: func(buf []byte, stop *atomic.Bool) (digest.Digest, int64, error) {
-				return w.importFile(opts.RootfsDiff, ocispec.Descriptor{Size: fi.Size()}, buf, stop, false)
+				return w.importFile(opts.RootfsDiff, ocispec.Descriptor{Size: fi.Size()}, buf, stop, false, false)
 			},
 		})
 	}
@@ -424,13 +439,18 @@ func (w *blobWriter) writeStream(fn func(io.Writer) error) (digest.Digest, int64
 	return d, cw.n, w.commit(tmp, d)
 }
 
-// importFile makes src a blob: a hardlink when possible (no copy), else a
-// copy. Either way it hashes the result, unless trusted says want.Digest is
-// known to be right and the file was linked (the size is still checked); if
-// want names a digest, a different content is an error.
-func (w *blobWriter) importFile(src string, want ocispec.Descriptor, buf []byte, stop *atomic.Bool, trusted bool) (digest.Digest, int64, error) {
+// importFile makes src a blob: a hardlink (or with move, src itself,
+// renamed) when possible (no copy), else a copy. Either way it hashes the
+// result, unless trusted says want.Digest is known to be right and the
+// file was linked or moved (the size is still checked); if want names a
+// digest, a different content is an error.
+func (w *blobWriter) importFile(src string, want ocispec.Descriptor, buf []byte, stop *atomic.Bool, trusted, move bool) (digest.Digest, int64, error) {
 	tmp := w.tempName()
-	if err := os.Link(src, tmp); err != nil {
+	link := os.Link
+	if move {
+		link = os.Rename
+	}
+	if err := link(src, tmp); err != nil {
 		return w.copyRange(src, 0, -1, buf, stop, want)
 	}
 	f, err := os.Open(tmp)

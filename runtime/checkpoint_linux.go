@@ -112,7 +112,11 @@ func (c *Container) Checkpoint(ctx context.Context, opts CheckpointOpts) (_ *oci
 		unlock()
 		return nil, err
 	}
-	wopts := oci.WriteOptions{Name: opts.Name, Parent: opts.ParentPath}
+	// The blobs written are recorded as verified (root only): a restore on
+	// this host need not hash them again. The engine's pages files are
+	// moved into the layout, so that removing the work directory leaves
+	// the blobs' identity (ctime) as recorded.
+	wopts := oci.WriteOptions{Name: opts.Name, Parent: opts.ParentPath, MovePages: true, Cache: c.rt.verifyCache()}
 	if uid, gid := os.Getuid(), os.Getgid(); uid != 0 {
 		wopts.Owner = &oci.Owner{UID: uid, GID: gid}
 	}
@@ -335,11 +339,29 @@ type RestoreOpts struct {
 	// WorkPath holds the extracted engine files (default: a private
 	// directory under the container's state dir).
 	WorkPath string
+	// VerifyFull hashes every blob of the image, even those that the
+	// runtime's cache of verified blobs (<root>/verified, root only; see
+	// oci.VerifyCache) says this host wrote or verified and nobody changed
+	// since.
+	VerifyFull bool
+}
+
+// verifyCacheDir is the directory of the verified-blob cache under the
+// runtime's root (/run/cryo/verified by default).
+const verifyCacheDir = "verified"
+
+func (r *Runtime) verifyCache() *oci.VerifyCache {
+	return oci.NewVerifyCache(filepath.Join(r.root, verifyCacheDir))
 }
 
 // Restore creates container id from a checkpoint. The image is verified
-// completely before anything is created; a restore that fails removes
-// every process, mount and cgroup it made.
+// completely before anything is created: every blob is hashed, except
+// those the cache of verified blobs holds exactly as they are (written or
+// verified by root on this host since it booted, unchanged since: see
+// oci.VerifyCache), unless opts.VerifyFull. A restore that fails removes
+// every process, mount and cgroup it made. The pages blobs are handed to
+// the engine open, not linked into the work directory, which would change
+// their ctime and so void their cache entries.
 func (r *Runtime) Restore(ctx context.Context, id string, opts RestoreOpts) (_ *Container, retErr error) {
 	if opts.ImagePath == "" {
 		return nil, fmt.Errorf("restore of %s: image path is required: %w", id, ErrInvalidConfig)
@@ -348,7 +370,7 @@ func (r *Runtime) Restore(ctx context.Context, id string, opts RestoreOpts) (_ *
 		return nil, fmt.Errorf("restore of %s from %s: %w", id, opts.ImagePath, err)
 	}
 	start := time.Now()
-	ck, err := oci.OpenCheckpoint(opts.ImagePath)
+	ck, err := oci.OpenCheckpointWith(opts.ImagePath, oci.OpenOptions{Cache: r.verifyCache(), Full: opts.VerifyFull})
 	timePhase(ctx, "verify", start)
 	if err != nil {
 		return nil, fmt.Errorf("restore of %s from %s: %w", id, opts.ImagePath, err)
@@ -371,9 +393,15 @@ func (r *Runtime) Restore(ctx context.Context, id string, opts RestoreOpts) (_ *
 	defer cleanup()
 	engineDir := filepath.Join(work, "engine")
 	start = time.Now()
-	if err := ck.Extract(engineDir); err != nil {
+	pages, err := ck.ExtractOpen(engineDir)
+	if err != nil {
 		return nil, fmt.Errorf("restore of %s: extract checkpoint: %w", id, err)
 	}
+	defer func() {
+		for _, f := range pages {
+			f.Close()
+		}
+	}()
 	timePhase(ctx, "extract", start)
 	copts := opts.CreateOpts
 	copts.Spec = spec
@@ -393,7 +421,7 @@ func (r *Runtime) Restore(ctx context.Context, id string, opts RestoreOpts) (_ *
 		}
 	}()
 	start = time.Now()
-	if _, err := engine.Restore(ctx, engine.RestoreOptions{ImageDir: engineDir, Pid: c.Pid()}); err != nil {
+	if _, err := engine.Restore(ctx, engine.RestoreOptions{ImageDir: engineDir, Pid: c.Pid(), PagesFiles: pages}); err != nil {
 		return nil, fmt.Errorf("restore of container %s: %w", id, err)
 	}
 	timePhase(ctx, "engine", start)

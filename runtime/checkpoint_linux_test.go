@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -323,6 +324,94 @@ func TestRestoreTamperedImage(t *testing.T) {
 	_, err = r.Restore(ctx, id, RestoreOpts{CreateOpts: CreateOpts{Bundle: bundle}, ImagePath: image})
 	if !errors.Is(err, oci.ErrDigestMismatch) {
 		t.Fatalf("restore of a tampered image: got %v, want ErrDigestMismatch", err)
+	}
+	if list, err := r.List(); err != nil || len(list) != 0 {
+		t.Fatalf("containers after a refused restore: %v, %v", list, err)
+	}
+	if _, err := os.Stat(filepath.Join("/sys/fs/cgroup/freezer", cgroup)); !os.IsNotExist(err) {
+		t.Fatalf("cgroup %s exists after a refused restore", cgroup)
+	}
+}
+
+// A blob changed in place (same size, same mtime, same inode) after a
+// restore verified it, with the cache of verified blobs, is refused before
+// anything is created: its cache entry no longer matches its ctime.
+func TestRestoreTamperedAfterCachedVerify(t *testing.T) {
+	r := newRuntime(t)
+	ctx := context.Background()
+	id := "ckpt-tamper-cached"
+	c, bundle := startCounter(t, r, id)
+	cgroup := c.rec.CgroupPath
+	image := filepath.Join(t.TempDir(), "image")
+	if _, err := c.Checkpoint(ctx, CheckpointOpts{ImagePath: image}); err != nil {
+		t.Fatalf("checkpoint: %v", err)
+	}
+	ck, err := oci.OpenCheckpoint(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ck.Close()
+	var pages []string
+	for _, l := range ck.Manifest.Layers {
+		if l.MediaType == oci.MediaTypePages {
+			pages = append(pages, filepath.Join(image, "blobs", l.Digest.Algorithm().String(), l.Digest.Encoded()))
+			// The checkpoint recorded its pages as verified.
+			entries, _ := filepath.Glob(filepath.Join(r.root, verifyCacheDir, "sha256-"+l.Digest.Encoded()+"-*"))
+			if len(entries) != 1 {
+				t.Fatalf("cache entries for pages blob %s: %v, want one", l.Digest, entries)
+			}
+		}
+	}
+	if len(pages) == 0 {
+		t.Fatal("no pages layer")
+	}
+	c2, err := r.Restore(ctx, id, RestoreOpts{CreateOpts: CreateOpts{Bundle: bundle}, ImagePath: image})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	if err := c2.Delete(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	p := pages[0]
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Neither the checkpoint's cleanup nor the restore touched the blob:
+	// its entry still describes it (the restore took it from the cache).
+	entries, _ := filepath.Glob(filepath.Join(r.root, verifyCacheDir, "sha256-"+filepath.Base(p)+"-*"))
+	if len(entries) != 1 {
+		t.Fatalf("cache entries for %s: %v", p, entries)
+	}
+	var entry struct {
+		CtimeNs int64 `json:"ctime_ns"`
+	}
+	if b, err := os.ReadFile(entries[0]); err != nil || json.Unmarshal(b, &entry) != nil {
+		t.Fatalf("read cache entry %s: %v", entries[0], err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); st.Ctim.Nano() != entry.CtimeNs {
+		t.Fatalf("pages blob ctime %d, cache entry says %d: something changed the blob after the checkpoint", st.Ctim.Nano(), entry.CtimeNs)
+	}
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1)
+	if _, err := f.ReadAt(buf, fi.Size()/2); err != nil {
+		t.Fatal(err)
+	}
+	buf[0] ^= 0xff
+	if _, err := f.WriteAt(buf, fi.Size()/2); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if err := os.Chtimes(p, fi.ModTime(), fi.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+
+	_, err = r.Restore(ctx, id, RestoreOpts{CreateOpts: CreateOpts{Bundle: bundle}, ImagePath: image})
+	if !errors.Is(err, oci.ErrDigestMismatch) {
+		t.Fatalf("restore of an image tampered with after a cached verification: got %v, want ErrDigestMismatch", err)
 	}
 	if list, err := r.List(); err != nil || len(list) != 0 {
 		t.Fatalf("containers after a refused restore: %v, %v", list, err)

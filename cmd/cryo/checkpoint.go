@@ -177,6 +177,7 @@ var restoreCommand = &cli.Command{
 		&cli.BoolFlag{Name: "no-subreaper", Usage: "accepted for runc compatibility (cryo is not a subreaper)"},
 		&cli.StringFlag{Name: "lsm-profile", Usage: "not supported (no LSM on this host)"},
 		&cli.StringFlag{Name: "lsm-mount-context", Usage: "not supported (no LSM on this host)"},
+		&cli.BoolFlag{Name: "verify-full", Usage: "hash every blob of the image, even those this host wrote or verified since boot and nobody changed since"},
 	}, crFlags...), createFlags...),
 	Action: func(ctx *cli.Context) error {
 		if err := checkArgs(ctx, 1); err != nil {
@@ -208,7 +209,7 @@ var restoreCommand = &cli.Command{
 		if err != nil {
 			return err
 		}
-		opts := runtime.RestoreOpts{CreateOpts: copts, ImagePath: image, WorkPath: ctx.String("work-path")}
+		opts := runtime.RestoreOpts{CreateOpts: copts, ImagePath: image, WorkPath: ctx.String("work-path"), VerifyFull: ctx.Bool("verify-full")}
 		// Without a config.json in the bundle the restore uses the spec
 		// saved in the image (a container moved with just its rootfs).
 		spec, err := oci.LoadSpec(opts.Bundle)

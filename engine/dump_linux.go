@@ -485,17 +485,16 @@ func (d *dumper) finish(ok bool) error {
 		for _, t := range d.tasks {
 			_ = unix.Kill(t.pid, unix.SIGKILL)
 		}
-		// Children first, leaders last: a dying PID-namespace init waits for
-		// the other tasks of its namespace, which wait for their tracer.
-		for i := len(d.tasks) - 1; i >= 0; i-- {
-			t := d.tasks[i]
-			for j := len(t.threads) - 1; j >= 0; j-- {
+		var tids []int
+		for _, t := range d.tasks {
+			for j, th := range t.threads {
 				if j == 0 && t.stat.PPid == os.Getpid() {
 					continue // our own child: its owner reaps it
 				}
-				waitGone(t.threads[j].tid)
+				tids = append(tids, th.tid)
 			}
 		}
+		waitAllGone(tids)
 	} else {
 		for _, t := range d.tasks {
 			for i, th := range t.threads {
@@ -532,9 +531,7 @@ func (d *dumper) finish(ok bool) error {
 		}
 		d.frozen = false
 	}
-	for i := len(traced) - 1; i >= 0; i-- {
-		waitGone(traced[i])
-	}
+	waitAllGone(traced)
 	for _, th := range late {
 		if err := waitStopAndDetach(th.tid, 5*time.Second); err != nil {
 			errs = append(errs, err)
@@ -575,18 +572,43 @@ func waitStopAndDetach(tid int, timeout time.Duration) error {
 	}
 }
 
-// waitGone collects the ptrace notifications of a killed tracee until it is
-// gone, which hands it to its real parent. It must not be called for a
-// thread-group leader whose real parent is this process: that wait would
-// reap it under the feet of whoever owns it.
-func waitGone(tid int) {
-	for {
-		ws, err := ptrace.Wait(tid)
-		if err != nil || ws.Exited() || ws.Signaled() {
+// waitAllGone collects the ptrace notifications of killed tracees until
+// each one is gone, so that their real parents can reap them. They are
+// polled together, not one after the other: a thread of a dying PID
+// namespace init waits in the kernel for every other task of the namespace
+// to be reaped, its own zombie threads included, which wait for their
+// tracer, so no fixed order is safe.
+func waitAllGone(tids []int) {
+	left := append([]int(nil), tids...)
+	deadline := time.Now().Add(30 * time.Second)
+	for len(left) > 0 {
+		progress := false
+		for i := 0; i < len(left); i++ {
+			var ws unix.WaitStatus
+			pid, err := unix.Wait4(left[i], &ws, unix.WALL|unix.WNOHANG, nil)
+			switch {
+			case errors.Is(err, unix.EINTR):
+				continue
+			case err != nil || pid == left[i] && (ws.Exited() || ws.Signaled()):
+				left = append(left[:i], left[i+1:]...)
+				i--
+				progress = true
+			case pid == left[i]:
+				// A stop reported before the SIGKILL took effect: let it die.
+				_ = ptrace.Cont(left[i], 0)
+				progress = true
+			}
+		}
+		if len(left) == 0 {
 			return
 		}
-		// A stop reported before the SIGKILL took effect: let it die.
-		_ = ptrace.Cont(tid, 0)
+		if time.Now().After(deadline) {
+			logrus.WithField("tids", left).Warn("killed tracees did not go away")
+			return
+		}
+		if !progress {
+			time.Sleep(time.Millisecond)
+		}
 	}
 }
 

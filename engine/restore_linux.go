@@ -160,16 +160,17 @@ func (r *restorer) killAll() {
 		}
 	}
 	// Collect the ptrace exit notifications so that the real parents can
-	// reap: children first (a dying PID-namespace init waits for the others).
-	for i := len(r.tasks) - 1; i >= 0; i-- {
-		rt := r.tasks[i]
-		for j := len(rt.threads) - 1; j >= 0; j-- {
-			rt.threads[j].close()
-			if !ours[rt.threads[j].tid] {
-				waitGone(rt.threads[j].tid)
+	// reap.
+	var tids []int
+	for _, rt := range r.tasks {
+		for _, th := range rt.threads {
+			th.close()
+			if !ours[th.tid] {
+				tids = append(tids, th.tid)
 			}
 		}
 	}
+	waitAllGone(tids)
 }
 
 func (r *restorer) run(ctx context.Context) error {

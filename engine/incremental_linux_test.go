@@ -514,3 +514,51 @@ func TestPreCopySignals(t *testing.T) {
 
 // sigRTMin is glibc's SIGRTMIN (the kernel's 32 and 33 are taken by NPTL).
 const sigRTMin = unix.Signal(34)
+
+// A pre-copied image as the parent of an incremental dump (runc's pre-dump
+// then checkpoint --parent-path): the child refers to the parent's
+// pre-copied file under parent/, writes only what changed, and restores the
+// memory of its own moment.
+func TestPreCopyParent(t *testing.T) {
+	testutil.RequiresRoot(t)
+	bin := buildC(t, "incr")
+	dir := t.TempDir()
+	status := filepath.Join(dir, "status")
+	fz := newCgroupFreezer(t)
+	cmd := startInNewPidns(t, fz, bin, "64", status)
+	pid := cmd.Process.Pid
+	s0 := waitIncr(t, status, func(s incrStatus) bool { return s.Seq >= 1 })
+	ctx := context.Background()
+	c1 := filepath.Join(dir, "c1")
+	r1, err := Dump(ctx, DumpOptions{Pid: pid, Freezer: fz, ImageDir: c1, LeaveRunning: true, PreCopy: true})
+	if err != nil {
+		t.Fatalf("dump 1: %v", err)
+	}
+	if r1.PreCopiedBytes == 0 {
+		t.Fatal("dump 1 pre-copied nothing")
+	}
+	s1 := nextRound(t, pid, status, s0)
+	c2 := filepath.Join(dir, "c2")
+	r2, err := Dump(ctx, DumpOptions{Pid: pid, Freezer: fz, ImageDir: c2, Parent: c1})
+	if err != nil {
+		t.Fatalf("dump 2: %v", err)
+	}
+	_ = cmd.Wait()
+	linkParent(t, c2, c1)
+	t.Logf("dump 2: %d bytes written, %d from the parent, %d compared", r2.PageBytes, r2.ParentBytes, r2.ComparedBytes)
+	if r2.PageBytes > 64<<20/10 || r2.ComparedBytes > 1<<20 {
+		t.Errorf("dump 2 wrote %d and compared %d bytes: the pre-copy's tracker was not used", r2.PageBytes, r2.ComparedBytes)
+	}
+	rec, err := image.ReadTask(c2, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{}
+	for _, p := range rec.Mm.ParentPages {
+		names[p.Name] = true
+	}
+	if !names["parent/"+image.PreCopyPagesFile(1)] {
+		t.Errorf("dump 2 refers to %v, want the parent's pre-copied pages", rec.Mm.ParentPages)
+	}
+	checkRestoredSum(t, c2, status, s1)
+}

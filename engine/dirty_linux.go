@@ -74,7 +74,9 @@ const (
 // dirtyState is the incremental side of one dump.
 type dirtyState struct {
 	parentDir string
-	parentInv *image.Inventory
+	// parentFiles are parent pages files held open (DumpOptions.ParentFiles).
+	parentFiles map[string]*os.File
+	parentInv   *image.Inventory
 	// parentTrackers are the trackers the parent recorded, by PID in the tree.
 	parentTrackers map[int]image.Tracker
 	parentBoot     string
@@ -278,7 +280,13 @@ func (s *dirtyState) prepareTask(t *dtask) (*dirtyTask, error) {
 			continue
 		}
 		for k, name := range data.Files {
-			fi, err := os.Stat(filepath.Join(s.parentDir, name))
+			var fi os.FileInfo
+			var err error
+			if f, ok := s.parentFiles[name]; ok {
+				fi, err = f.Stat()
+			} else {
+				fi, err = os.Stat(filepath.Join(s.parentDir, name))
+			}
 			if err != nil {
 				return nil, fmt.Errorf("parent image %s: %w", s.parentDir, err)
 			}
@@ -549,7 +557,7 @@ func (s *dirtyState) mapParent(key string, data image.PagesData) ([]byte, error)
 	if b, ok := s.maps[key]; ok {
 		return b, nil
 	}
-	b, unmap, err := mapPages(s.parentDir, data, false)
+	b, unmap, err := mapPagesFrom(s.parentDir, s.parentFiles, data, false)
 	if err != nil {
 		return nil, fmt.Errorf("parent image: %w", err)
 	}

@@ -91,6 +91,7 @@ func Dump(ctx context.Context, opts DumpOptions) (*DumpResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dump of pid %d: %w", opts.Pid, err)
 	}
+	dirty.parentFiles = opts.ParentFiles
 	defer dirty.release()
 	var d *dumper
 	// The copy buffers, shared by every task and every attempt.

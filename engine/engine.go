@@ -51,6 +51,11 @@ type DumpOptions struct {
 	// its pages are read and records it in tracking.json, so that the image
 	// can be the parent of the next one.
 	Parent string
+	// ParentFiles, if set, holds pages files of Parent open, by their name
+	// relative to Parent ("pages-1.img", "parent/pages-1.img"...): they are
+	// read from there instead of being opened in Parent (the runtime hands
+	// over the very blobs it verified, without linking them).
+	ParentFiles map[string]*os.File
 	// Commit, if set, runs once the image is complete, while every task is
 	// still stopped under ptrace, and before the tree is killed or resumed.
 	// An error from it fails the dump and the tree is left running, so a

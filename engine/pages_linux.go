@@ -401,16 +401,11 @@ func (w *pageWriter) release() {
 	w.files = nil
 }
 
-// mapPages maps page data (every file of it at its offset in the
+// mapPagesFrom maps page data (every file of it at its offset in the
 // concatenation, contiguous) read-only into the engine, pre-faulted with
 // populate; unmap releases it. Names are relative to dir: plain names (the
-// image's own) or ones under parent/ (image.ValidParentPagesName).
-func mapPages(dir string, d image.PagesData, populate bool) (data []byte, unmap func(), err error) {
-	return mapPagesFrom(dir, nil, d, populate)
-}
-
-// mapPagesFrom is mapPages, taking the files that open holds (by name) from
-// there instead of opening them in dir.
+// image's own) or ones under parent/ (image.ValidParentPagesName); a file
+// that open holds (by name) is taken from there instead of opened in dir.
 func mapPagesFrom(dir string, open map[string]*os.File, d image.PagesData, populate bool) (data []byte, unmap func(), err error) {
 	if d.Size == 0 || len(d.Files) == 0 || d.PartSize == 0 || uint64(len(d.Files)-1)*d.PartSize >= d.Size {
 		return nil, nil, fmt.Errorf("page data of %d bytes in %d files of %d bytes", d.Size, len(d.Files), d.PartSize)

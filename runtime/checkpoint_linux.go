@@ -169,10 +169,13 @@ func (c *Container) Checkpoint(ctx context.Context, opts CheckpointOpts) (_ *oci
 		// tracker tells what changed, its pages) from the parent laid out as
 		// a restore would find it; the packer then lists the parent's layers.
 		dopts.Parent = filepath.Join(work, "parent")
-		if err := extractParent(opts.ParentPath, dopts.Parent); err != nil {
+		files, err := extractParent(opts.ParentPath, dopts.Parent)
+		if err != nil {
 			unlock()
 			return nil, fmt.Errorf("checkpoint of %s: parent checkpoint %s: %w", c.rec.ID, opts.ParentPath, err)
 		}
+		defer closeFiles(files)
+		dopts.ParentFiles = files
 	}
 	if !opts.LeaveRunning {
 		// Write the image while the tree is still stopped: the container is
@@ -219,16 +222,26 @@ func (c *Container) Checkpoint(ctx context.Context, opts CheckpointOpts) (_ *oci
 
 // extractParent verifies the parent checkpoint of an incremental one
 // (layout or archive, owned by the caller) and lays its engine files out in dir.
-func extractParent(parent, dir string) error {
+//
+// Its pages blobs are returned open rather than linked into dir: a link,
+// and its removal with dir, would change their ctime and so void what the
+// verified-blob cache knows of them (oci/verifycache.go).
+func extractParent(parent, dir string) (map[string]*os.File, error) {
 	if err := checkImageOwner(parent); err != nil {
-		return err
+		return nil, err
 	}
 	ck, err := oci.OpenCheckpoint(parent)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer ck.Close()
-	return ck.Extract(dir)
+	return ck.ExtractOpen(dir)
+}
+
+func closeFiles(files map[string]*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
 }
 
 // phaseTimer, when set (by the benchmarks), is told how long each phase of
@@ -397,11 +410,7 @@ func (r *Runtime) Restore(ctx context.Context, id string, opts RestoreOpts) (_ *
 	if err != nil {
 		return nil, fmt.Errorf("restore of %s: extract checkpoint: %w", id, err)
 	}
-	defer func() {
-		for _, f := range pages {
-			f.Close()
-		}
-	}()
+	defer closeFiles(pages)
 	timePhase(ctx, "extract", start)
 	copts := opts.CreateOpts
 	copts.Spec = spec

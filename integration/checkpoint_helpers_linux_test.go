@@ -253,6 +253,7 @@ type ckLayer struct {
 	MediaType string `json:"mediaType"`
 	Digest    string `json:"digest"`
 	Size      int64  `json:"size"`
+	Path      string `json:"path"`
 }
 
 // inspect runs `cryo inspect --format json` on a checkpoint (layout dir or archive).

@@ -318,3 +318,35 @@ func writeBlob(t *testing.T, layout string, v any) (string, int) {
 	}
 	return d, len(data)
 }
+
+// TestCryoCheckpointPreCopy: `cryo checkpoint --pre-copy` (the container runs while its memory
+// is copied, then is stopped and removed) writes an image with pre-copied pages that restores
+// and counts on; --pre-copy with --no-pre-copy is refused and the container left as it was.
+func TestCryoCheckpointPreCopy(t *testing.T) {
+	c := newCryoCLI(t)
+	id := "images-precopy"
+	b, pid, _ := runTokenLoop(t, c, id, tokenLoop)
+	layout := filepath.Join(t.TempDir(), "ck")
+	if _, stderr, err := c.run("checkpoint", "--pre-copy", "--no-pre-copy", "--image-path", layout, id); err == nil || !strings.Contains(stderr, "--pre-copy") {
+		t.Fatalf("checkpoint --pre-copy --no-pre-copy: %v, %q; want refused", err, stderr)
+	}
+	if st := c.state(id); st.Status != "running" {
+		t.Fatalf("container after a refused checkpoint: %+v", st)
+	}
+	c.must("checkpoint", "--pre-copy", "--image-path", layout, id)
+	waitGone(t, pid)
+	last, err := readTokenFile(filepath.Join(b.dir, "rootfs/state/counter"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pre := false
+	for _, l := range cryoInspect(t, layout).Layers {
+		pre = pre || strings.HasSuffix(l.Path, "-pre.img")
+	}
+	if !pre {
+		t.Errorf("no pre-copied pages in %s", layout)
+	}
+	start := time.Now()
+	c.detached("restore", "--image-path", layout, "--detach", "--bundle", b.dir, id)
+	assertContinues(t, c.state(id).Pid, last, last.n+1, start)
+}

@@ -73,23 +73,39 @@ func ownIPCNamespace(pid int) (bool, error) {
 }
 
 // inIPCNamespace runs fn on an OS thread of its own that joined the IPC
-// namespace of pid. The thread is never given back to the Go scheduler: it
-// ends with its goroutine.
+// namespace of pid, and goes back to its own namespace afterwards. Only a
+// thread that cannot go back is left locked, to end with its goroutine: a
+// thread that ends sends the parent-death signal to the processes it forked
+// (Pdeathsig), so threads are not thrown away lightly (as in
+// sockdiag.InNetns).
 func inIPCNamespace(pid int, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
+		back, err := unix.Open("/proc/thread-self/ns/ipc", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("open own IPC namespace: %w", err)
+			return
+		}
+		defer unix.Close(back)
 		f, err := os.Open(fmt.Sprintf("/proc/%d/ns/ipc", pid))
 		if err != nil {
+			runtime.UnlockOSThread()
 			errc <- err
 			return
 		}
 		defer f.Close()
 		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWIPC); err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("join the IPC namespace of pid %d: %w", pid, err)
 			return
 		}
-		errc <- fn()
+		err = fn()
+		if unix.Setns(back, unix.CLONE_NEWIPC) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
 	}()
 	return <-errc
 }

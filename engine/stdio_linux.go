@@ -39,7 +39,9 @@ func startStdioHelper(pid int, files [3]*os.File) (*stdioHelper, error) {
 	ch := make(chan result, 1)
 	go func() {
 		runtime.LockOSThread()
-		restored := false
+		// False from the moment the thread joins the tree's namespace
+		// until it is back in its own.
+		restored := true
 		defer func() {
 			if restored {
 				runtime.UnlockOSThread()
@@ -59,6 +61,7 @@ func startStdioHelper(pid int, files [3]*os.File) (*stdioHelper, error) {
 			if err := unix.Setns(ns, unix.CLONE_NEWPID); err != nil {
 				return nil, fmt.Errorf("setns: %w", err)
 			}
+			restored = false
 			defer func() { restored = unix.Setns(self, unix.CLONE_NEWPID) == nil }()
 			mfd, err := unix.MemfdCreate("cryo-stdio", unix.MFD_CLOEXEC)
 			if err != nil {

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"unsafe"
@@ -16,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cryo-run/cryo/engine/image"
+	"github.com/cryo-run/cryo/engine/internal/nsthread"
 )
 
 // System V IPC.
@@ -72,42 +72,10 @@ func ownIPCNamespace(pid int) (bool, error) {
 	return a != b, nil
 }
 
-// inIPCNamespace runs fn on an OS thread of its own that joined the IPC
-// namespace of pid, and goes back to its own namespace afterwards. Only a
-// thread that cannot go back is left locked, to end with its goroutine: a
-// thread that ends sends the parent-death signal to the processes it forked
-// (Pdeathsig), so threads are not thrown away lightly (as in
-// sockdiag.InNetns).
+// inIPCNamespace runs fn on an OS thread that joined the IPC namespace of
+// pid (nsthread.Run).
 func inIPCNamespace(pid int, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		back, err := unix.Open("/proc/thread-self/ns/ipc", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open own IPC namespace: %w", err)
-			return
-		}
-		defer unix.Close(back)
-		f, err := os.Open(fmt.Sprintf("/proc/%d/ns/ipc", pid))
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWIPC); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("join the IPC namespace of pid %d: %w", pid, err)
-			return
-		}
-		err = fn()
-		if unix.Setns(back, unix.CLONE_NEWIPC) == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- err
-	}()
-	return <-errc
+	return nsthread.Run(pid, "ipc", unix.CLONE_NEWIPC, fn)
 }
 
 // sysvRows reads /proc/sysvipc/<kind> (of the calling thread's namespace).

@@ -10,10 +10,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"runtime"
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cryo-run/cryo/engine/internal/nsthread"
 )
 
 // UnixInfo is what sock_diag says about one unix socket.
@@ -44,45 +45,10 @@ type Inet struct {
 // Conn is a sock_diag netlink socket bound to a network namespace.
 type Conn struct{ fd int }
 
-// InNetns runs f on an OS thread that joined the network namespace of pid,
-// and takes the thread back to its own namespace afterwards. The thread is
-// never simply thrown away (a locked goroutine that exits ends its thread):
-// a process started from that thread with a parent-death signal (Go's
-// SysProcAttr.Pdeathsig) would receive it. Only when going back fails is the
-// thread left to end, locked.
+// InNetns runs f on an OS thread that joined the network namespace of pid
+// (nsthread.Run).
 func InNetns(pid int, f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		back, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open own net namespace: %w", err)
-			return
-		}
-		defer unix.Close(back)
-		ns, err := unix.Open(fmt.Sprintf("/proc/%d/ns/net", pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open net namespace of %d: %w", pid, err)
-			return
-		}
-		err = unix.Setns(ns, unix.CLONE_NEWNET)
-		unix.Close(ns)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("join net namespace of %d: %w", pid, err)
-			return
-		}
-		ferr := f()
-		if err := unix.Setns(back, unix.CLONE_NEWNET); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("return to own net namespace: %w", err))
-			return // still locked: the runtime ends this thread
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+	return nsthread.Run(pid, "net", unix.CLONE_NEWNET, f)
 }
 
 // Open returns a sock_diag socket of the network namespace of pid.

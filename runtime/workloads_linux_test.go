@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cryo-run/cryo/integration/testutil"
+	"github.com/cryo-run/cryo/oci"
 )
 
 // workload is one container of the workload tests.
@@ -178,6 +179,35 @@ func (w *workload) checkpoint(opts CheckpointOpts) string {
 	}
 	w.c = nil
 	return opts.ImagePath
+}
+
+// checkpointLive is a --leave-running checkpoint taken again (up to five
+// times) while the image finds a process with a file whose name ends in
+// tmpSuffix open: the workloads write their status to a temporary file
+// renamed into place, and an image taken in that window names a file that
+// no longer exists once the workload went on, so it cannot be restored
+// later (a restore opens files by path, as CRIU's does).
+func (w *workload) checkpointLive(tmpSuffix string) string {
+	w.t.Helper()
+	for try := 1; ; try++ {
+		image := w.checkpoint(CheckpointOpts{LeaveRunning: true})
+		s, err := oci.Inspect(image)
+		if err != nil {
+			w.t.Fatal(err)
+		}
+		open := ""
+		for _, p := range s.Processes {
+			for _, f := range p.Files {
+				if strings.HasSuffix(f, tmpSuffix) {
+					open = f
+				}
+			}
+		}
+		if open == "" || try == 5 {
+			return image
+		}
+		w.t.Logf("checkpoint taken while %s was open: again", open)
+	}
 }
 
 // remove deletes the running container (to restore an image of it).
@@ -363,7 +393,7 @@ func TestWorkloadPython(t *testing.T) {
 	}
 
 	before := waitPy(func(n int64) bool { return true })
-	imageLive := w.checkpoint(CheckpointOpts{LeaveRunning: true})
+	imageLive := w.checkpointLive(".new")
 	// The image holds a moment of the call (its end, after a pre-copy).
 	after, _, _ := read()
 	waitPy(func(n int64) bool { return n >= after+3 })
@@ -667,7 +697,7 @@ func TestWorkloadGo(t *testing.T) {
 	}
 	first := get(func(v []int64) bool { return v[1] >= 20 && v[3] >= 2 })
 
-	imageLive := w.checkpoint(CheckpointOpts{LeaveRunning: true})
+	imageLive := w.checkpointLive(".new")
 	// The image holds a moment of the call (its end, after a pre-copy):
 	// the next checkpoint comes well after it.
 	end, _ := w.ints("go.status", 4, 5)

@@ -221,19 +221,28 @@ func (w *pageWriter) hashLoop(i int) {
 	}
 }
 
+// batch returns the batch being filled, taking a new one from the pool
+// (starting at the current offset) when there is none.
+func (w *pageWriter) batch() (*pageBatch, error) {
+	if w.cur == nil {
+		b, err := w.pool.get()
+		if err != nil {
+			return nil, err
+		}
+		b.start = w.off
+		w.cur = b
+	}
+	return w.cur, nil
+}
+
 // add queues n bytes at addr and returns their offset in the pages data.
 func (w *pageWriter) add(addr, n uint64) (uint64, error) {
 	off := w.off
 	for n > 0 {
-		if w.cur == nil {
-			b, err := w.pool.get()
-			if err != nil {
-				return 0, err
-			}
-			b.start = w.off
-			w.cur = b
+		b, err := w.batch()
+		if err != nil {
+			return 0, err
 		}
-		b := w.cur
 		k := min(n, uint64(len(b.buf)-b.used))
 		b.runs = append(b.runs, unix.RemoteIovec{Base: uintptr(addr), Len: int(k)})
 		b.used += int(k)
@@ -260,15 +269,10 @@ func (w *pageWriter) addBytes(data []byte) (uint64, error) {
 	}
 	off := w.off
 	for len(data) > 0 {
-		if w.cur == nil {
-			b, err := w.pool.get()
-			if err != nil {
-				return 0, err
-			}
-			b.start = w.off
-			w.cur = b
+		b, err := w.batch()
+		if err != nil {
+			return 0, err
 		}
-		b := w.cur
 		k := copy(b.buf[b.used:], data)
 		b.used += k
 		b.preset = b.used

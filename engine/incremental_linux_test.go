@@ -64,6 +64,19 @@ func nextRound(t testing.TB, pid int, status string, prev incrStatus) incrStatus
 	return waitIncr(t, status, func(s incrStatus) bool { return s.Round == prev.Round+1 && s.Seq > prev.Seq })
 }
 
+// startIncr starts the incr workload touching mib MiB, in a PID namespace of
+// its own under a freezer, and waits for its first status: it returns the
+// test directory, the status file, the freezer, the command and that status.
+func startIncr(t *testing.T, mib string) (string, string, *cgroupFreezer, *exec.Cmd, incrStatus) {
+	t.Helper()
+	bin := buildC(t, "incr")
+	dir := t.TempDir()
+	status := filepath.Join(dir, "status")
+	fz := newCgroupFreezer(t)
+	cmd := startInNewPidns(t, fz, bin, mib, status)
+	return dir, status, fz, cmd, waitIncr(t, status, func(s incrStatus) bool { return s.Seq >= 1 })
+}
+
 // linkParent lays the parent image out under dir/parent, as the packer does.
 func linkParent(t testing.TB, dir, parent string) {
 	t.Helper()
@@ -102,13 +115,8 @@ func checkRestoredSum(t *testing.T, img, status string, want incrStatus) *exec.C
 // changed each time; the last one restored gives the memory of its moment.
 func TestIncrementalChain(t *testing.T) {
 	testutil.RequiresRoot(t)
-	bin := buildC(t, "incr")
-	dir := t.TempDir()
-	status := filepath.Join(dir, "status")
-	fz := newCgroupFreezer(t)
-	cmd := startInNewPidns(t, fz, bin, "64", status)
+	dir, status, fz, cmd, s0 := startIncr(t, "64")
 	pid := cmd.Process.Pid
-	s0 := waitIncr(t, status, func(s incrStatus) bool { return s.Seq >= 1 })
 	ctx := context.Background()
 
 	c1 := filepath.Join(dir, "c1")
@@ -174,13 +182,8 @@ func TestIncrementalSplitPages(t *testing.T) {
 	testutil.RequiresRoot(t)
 	defer func(old uint64) { pagesPartSize = old }(pagesPartSize)
 	pagesPartSize = 64 << 10
-	bin := buildC(t, "incr")
-	dir := t.TempDir()
-	status := filepath.Join(dir, "status")
-	fz := newCgroupFreezer(t)
-	cmd := startInNewPidns(t, fz, bin, "16", status)
+	dir, status, fz, cmd, s0 := startIncr(t, "16")
 	pid := cmd.Process.Pid
-	s0 := waitIncr(t, status, func(s incrStatus) bool { return s.Seq >= 1 })
 	ctx := context.Background()
 
 	c1 := filepath.Join(dir, "c1")
@@ -287,13 +290,8 @@ func digestOf(data []byte) string {
 // dump compares the pages with the parent's and still writes only the changes.
 func TestIncrementalCompare(t *testing.T) {
 	testutil.RequiresRoot(t)
-	bin := buildC(t, "incr")
-	dir := t.TempDir()
-	status := filepath.Join(dir, "status")
-	fz := newCgroupFreezer(t)
-	cmd := startInNewPidns(t, fz, bin, "16", status)
+	dir, status, fz, cmd, s0 := startIncr(t, "16")
 	pid := cmd.Process.Pid
-	s0 := waitIncr(t, status, func(s incrStatus) bool { return s.Seq >= 1 })
 	ctx := context.Background()
 	c1 := filepath.Join(dir, "c1")
 	r1, err := Dump(ctx, DumpOptions{Pid: pid, Freezer: fz, ImageDir: c1, LeaveRunning: true})
@@ -326,13 +324,8 @@ func TestIncrementalCompare(t *testing.T) {
 // the dump, and the tree keeps running untraced.
 func TestIncrementalBadParent(t *testing.T) {
 	testutil.RequiresRoot(t)
-	bin := buildC(t, "incr")
-	dir := t.TempDir()
-	status := filepath.Join(dir, "status")
-	fz := newCgroupFreezer(t)
-	cmd := startInNewPidns(t, fz, bin, "4", status)
+	dir, status, fz, cmd, s0 := startIncr(t, "4")
 	pid := cmd.Process.Pid
-	s0 := waitIncr(t, status, func(s incrStatus) bool { return s.Seq >= 1 })
 	ctx := context.Background()
 	c1 := filepath.Join(dir, "c1")
 	if _, err := Dump(ctx, DumpOptions{Pid: pid, Freezer: fz, ImageDir: c1, LeaveRunning: true}); err != nil {
@@ -408,13 +401,8 @@ func BenchmarkIncremental1Percent(b *testing.B) {
 // the rest, and the restore gives back the memory of the final moment.
 func TestPreCopy(t *testing.T) {
 	testutil.RequiresRoot(t)
-	bin := buildC(t, "incr")
-	dir := t.TempDir()
-	status := filepath.Join(dir, "status")
-	fz := newCgroupFreezer(t)
-	cmd := startInNewPidns(t, fz, bin, "64", status)
+	dir, status, fz, cmd, s := startIncr(t, "64")
 	pid := cmd.Process.Pid
-	s := waitIncr(t, status, func(s incrStatus) bool { return s.Seq >= 1 })
 	var stages []string
 	preCopyHook = func(stage string) {
 		stages = append(stages, stage)
@@ -521,13 +509,8 @@ const sigRTMin = unix.Signal(34)
 // memory of its own moment.
 func TestPreCopyParent(t *testing.T) {
 	testutil.RequiresRoot(t)
-	bin := buildC(t, "incr")
-	dir := t.TempDir()
-	status := filepath.Join(dir, "status")
-	fz := newCgroupFreezer(t)
-	cmd := startInNewPidns(t, fz, bin, "64", status)
+	dir, status, fz, cmd, s0 := startIncr(t, "64")
 	pid := cmd.Process.Pid
-	s0 := waitIncr(t, status, func(s incrStatus) bool { return s.Seq >= 1 })
 	ctx := context.Background()
 	c1 := filepath.Join(dir, "c1")
 	r1, err := Dump(ctx, DumpOptions{Pid: pid, Freezer: fz, ImageDir: c1, LeaveRunning: true, PreCopy: true})

@@ -205,27 +205,8 @@ func BenchmarkWorkloadRestore(b *testing.B) {
 			if _, err := c.Checkpoint(ctx, CheckpointOpts{ImagePath: image, TCPEstablished: w.tcp}); err != nil {
 				b.Fatalf("checkpoint: %v", err)
 			}
-			ph := recordPhases(b)
 			b.SetBytes(w.mem)
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				c2, err := r.Restore(ctx, id, RestoreOpts{CreateOpts: CreateOpts{Bundle: bundle, Spec: s}, ImagePath: image})
-				if err != nil {
-					b.Fatalf("restore: %v", err)
-				}
-				b.StopTimer()
-				if st, err := c2.Status(); err != nil || st != Running {
-					b.Fatalf("restored container: %v, %v", st, err)
-				}
-				checkHeavy(b, w, s.Root.Path)
-				if err := c2.Delete(ctx, true); err != nil {
-					b.Fatal(err)
-				}
-				b.StartTimer()
-			}
-			b.StopTimer()
-			ph.report(b)
-			b.ReportMetric(float64(dirBytes(b, image))/(1<<20), "image-MiB")
+			benchRestores(b, r, id, RestoreOpts{CreateOpts: CreateOpts{Bundle: bundle, Spec: s}, ImagePath: image}, func() { checkHeavy(b, w, s.Root.Path) })
 		})
 	}
 }
@@ -243,33 +224,9 @@ func BenchmarkWorkloadStall(b *testing.B) {
 			bundle, s := heavyBundle(b, w, bins)
 			r := newBenchRuntime(b)
 			c := startBench(b, r, benchID(b, 0), bundle, s)
-			gaps := filepath.Join(s.Root.Path, "tmp/gaps")
-			ph := recordPhases(b)
-			var stall, worst time.Duration
 			b.SetBytes(w.mem)
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				b.StopTimer()
-				image := filepath.Join(b.TempDir(), "image")
-				start := monotonic()
-				b.StartTimer()
-				if _, err := c.Checkpoint(context.Background(), CheckpointOpts{ImagePath: image, LeaveRunning: true, TCPEstablished: w.tcp}); err != nil {
-					b.Fatalf("checkpoint: %v", err)
-				}
-				b.StopTimer()
-				g := waitGap(b, gaps, start)
-				stall += g
-				worst = max(worst, g)
-				if err := os.RemoveAll(image); err != nil {
-					b.Fatal(err)
-				}
-				b.StartTimer()
-			}
-			b.StopTimer()
+			benchStalls(b, c, filepath.Join(s.Root.Path, "tmp/gaps"), CheckpointOpts{TCPEstablished: w.tcp})
 			checkHeavy(b, w, s.Root.Path)
-			ph.report(b)
-			b.ReportMetric(float64(stall.Microseconds())/1e3/float64(b.N), "stall-ms")
-			b.ReportMetric(float64(worst.Microseconds())/1e3, "stall-max-ms")
 		})
 	}
 }

@@ -297,17 +297,29 @@ func benchRestore(b *testing.B, hog string, w benchWorkload, full bool) {
 	if _, err := c.Checkpoint(ctx, CheckpointOpts{ImagePath: image}); err != nil {
 		b.Fatalf("checkpoint: %v", err)
 	}
-	ph := recordPhases(b)
 	b.SetBytes(w.mem)
+	benchRestores(b, r, id, RestoreOpts{CreateOpts: CreateOpts{Bundle: bundle, Spec: s}, ImagePath: image, VerifyFull: full}, nil)
+}
+
+// benchRestores restores container id with opts b.N times, timing only the
+// restores; outside the timer each restored container must be running,
+// check (if set) runs, and the container is deleted. It reports the phases
+// and the image size.
+func benchRestores(b *testing.B, r *Runtime, id string, opts RestoreOpts, check func()) {
+	ctx := context.Background()
+	ph := recordPhases(b)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		c2, err := r.Restore(ctx, id, RestoreOpts{CreateOpts: CreateOpts{Bundle: bundle, Spec: s}, ImagePath: image, VerifyFull: full})
+		c2, err := r.Restore(ctx, id, opts)
 		if err != nil {
 			b.Fatalf("restore: %v", err)
 		}
 		b.StopTimer()
 		if st, err := c2.Status(); err != nil || st != Running {
 			b.Fatalf("restored container: %v, %v", st, err)
+		}
+		if check != nil {
+			check()
 		}
 		if err := c2.Delete(ctx, true); err != nil {
 			b.Fatal(err)
@@ -316,7 +328,7 @@ func benchRestore(b *testing.B, hog string, w benchWorkload, full bool) {
 	}
 	b.StopTimer()
 	ph.report(b)
-	b.ReportMetric(float64(dirBytes(b, image))/(1<<20), "image-MiB")
+	b.ReportMetric(float64(dirBytes(b, opts.ImagePath))/(1<<20), "image-MiB")
 }
 
 // BenchmarkStall measures what a --leave-running checkpoint costs the
@@ -332,34 +344,42 @@ func BenchmarkStall(b *testing.B) {
 			bundle, s := benchBundle(b, hog, "/bin/benchhog", "stall", strconv.Itoa(sz.mib))
 			r := newBenchRuntime(b)
 			c := startBench(b, r, benchID(b, 0), bundle, s)
-			gaps := filepath.Join(s.Root.Path, "tmp/gaps")
-			ph := recordPhases(b)
-			var stall, worst time.Duration
 			b.SetBytes(int64(sz.mib) << 20)
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				b.StopTimer()
-				image := filepath.Join(b.TempDir(), "image")
-				start := monotonic()
-				b.StartTimer()
-				if _, err := c.Checkpoint(context.Background(), CheckpointOpts{ImagePath: image, LeaveRunning: true}); err != nil {
-					b.Fatalf("checkpoint: %v", err)
-				}
-				b.StopTimer()
-				g := waitGap(b, gaps, start)
-				stall += g
-				worst = max(worst, g)
-				if err := os.RemoveAll(image); err != nil {
-					b.Fatal(err)
-				}
-				b.StartTimer()
-			}
-			b.StopTimer()
-			ph.report(b)
-			b.ReportMetric(float64(stall.Microseconds())/1e3/float64(b.N), "stall-ms")
-			b.ReportMetric(float64(worst.Microseconds())/1e3, "stall-max-ms")
+			benchStalls(b, c, filepath.Join(s.Root.Path, "tmp/gaps"), CheckpointOpts{})
 		})
 	}
+}
+
+// benchStalls checkpoints c with opts and LeaveRunning b.N times, and
+// reports the stall the workload logged in its gaps file for each (the
+// largest gap ending after the checkpoint began): its mean (stall-ms) and
+// maximum (stall-max-ms), with the phases.
+func benchStalls(b *testing.B, c *Container, gaps string, opts CheckpointOpts) {
+	opts.LeaveRunning = true
+	ph := recordPhases(b)
+	var stall, worst time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		opts.ImagePath = filepath.Join(b.TempDir(), "image")
+		start := monotonic()
+		b.StartTimer()
+		if _, err := c.Checkpoint(context.Background(), opts); err != nil {
+			b.Fatalf("checkpoint: %v", err)
+		}
+		b.StopTimer()
+		g := waitGap(b, gaps, start)
+		stall += g
+		worst = max(worst, g)
+		if err := os.RemoveAll(opts.ImagePath); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+	b.StopTimer()
+	ph.report(b)
+	b.ReportMetric(float64(stall.Microseconds())/1e3/float64(b.N), "stall-ms")
+	b.ReportMetric(float64(worst.Microseconds())/1e3, "stall-max-ms")
 }
 
 func monotonic() time.Duration {
